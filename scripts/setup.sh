@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up lmforge from a fresh clone: a .venv with the package and everything the tests need,
+# then the quick start on the bundled tiny model. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+
+# Install torch before anything else and pin it for every later install: left to choose freely,
+# pip takes the newest CUDA build (several GB) even on a machine without a GPU.
+if command -v nvidia-smi >/dev/null 2>&1; then
+  $PIP install -q "torch>=2.4"
+else
+  $PIP install -q "torch==2.13.0" || $PIP install -q torch --index-url https://download.pytorch.org/whl/cpu
+fi
+TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
+echo "torch==${TORCH_VERSION}" > .venv/constraints.txt
+$PIP install -q -c .venv/constraints.txt -e ".[api,webui,metrics,gguf,dev]"
+
+bash scripts/quickstart.sh

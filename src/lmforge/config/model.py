@@ -1,0 +1,52 @@
+"""Which model to load and how: paths, adapters, dtype, attention, quantization, inference backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelArguments:
+    """Model and tokenizer loading settings (LLaMA-Factory's names)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id (Qwen/Qwen2.5-0.5B-Instruct), local folder, or a training output_dir."}
+    )
+    adapter_name_or_path: list[str] | None = field(
+        default=None, metadata={"help": "LoRA adapter folders or hub ids, comma-separated; applied in order."}
+    )
+    adapter_folder: str | None = field(default=None, metadata={"help": "Folder holding adapter weights to load."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads are cached."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
+    resize_vocab: bool = field(default=False, metadata={"help": "Resize the embeddings when tokens are added."})
+    split_special_tokens: bool = field(default=False, metadata={"help": "Tokenize special-token strings as text."})
+    add_tokens: list[str] | None = field(default=None, metadata={"help": "Plain tokens to add, comma-separated."})
+    add_special_tokens: list[str] | None = field(default=None, metadata={"help": "Special tokens to add, comma-separated."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    low_cpu_mem_usage: bool = field(default=True, metadata={"help": "Load weights without a full extra copy in memory."})
+    rope_scaling: str | None = field(default=None, metadata={"help": "RoPE scaling: linear, dynamic, yarn or llama3."})
+    flash_attn: str = field(default="auto", metadata={"help": "Attention kernel: auto, disabled (eager), sdpa, fa2 or fa3."})
+    disable_gradient_checkpointing: bool = field(default=False, metadata={"help": "Turn gradient checkpointing off."})
+    use_reentrant_gc: bool = field(default=True, metadata={"help": "Use reentrant gradient checkpointing."})
+    upcast_layernorm: bool = field(default=False, metadata={"help": "Keep layer norms in float32."})
+    upcast_lmhead_output: bool = field(default=False, metadata={"help": "Compute the output head in float32."})
+    train_from_scratch: bool = field(default=False, metadata={"help": "Initialise weights randomly from the config."})
+    infer_backend: str = field(default="huggingface", metadata={"help": "Inference engine: huggingface, vllm or llamacpp."})
+    offload_folder: str = field(default="offload", metadata={"help": "Where offloaded weights go."})
+    use_kv_cache: bool = field(default=True, metadata={"help": "Use the KV cache during generation."})
+    infer_dtype: str = field(default="auto", metadata={"help": "Inference dtype: auto, float16, bfloat16 or float32."})
+    hf_hub_token: str | None = field(default=None, metadata={"help": "Hugging Face Hub token."})
+    ms_hub_token: str | None = field(default=None, metadata={"help": "ModelScope Hub token."})
+    om_hub_token: str | None = field(default=None, metadata={"help": "Modelers Hub token."})
+    print_param_status: bool = field(default=False, metadata={"help": "Print every parameter's dtype and trainability."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub to run."})
+    quantization_method: str = field(default="bnb", metadata={"help": "On-the-fly quantization: bnb, hqq or eetq."})
+    quantization_bit: int | None = field(default=None, metadata={"help": "Quantize the model to 4 or 8 bits (QLoRA)."})
+    quantization_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 or fp4."})
+    double_quantization: bool = field(default=True, metadata={"help": "Quantize the quantization constants too."})
+    quantization_device_map: str | None = field(default=None, metadata={"help": "Device map for quantized inference."})
+    vllm_maxlen: int = field(default=4096, metadata={"help": "vLLM: maximum sequence length."})
+    vllm_gpu_util: float = field(default=0.7, metadata={"help": "vLLM: fraction of GPU memory to use."})
+    vllm_enforce_eager: bool = field(default=False, metadata={"help": "vLLM: disable CUDA graphs."})
+    vllm_max_lora_rank: int = field(default=32, metadata={"help": "vLLM: largest LoRA rank served."})
+    vllm_config: dict | None = field(default=None, metadata={"help": "vLLM: extra engine arguments."})

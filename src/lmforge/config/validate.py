@@ -1,0 +1,192 @@
+"""Cross-field checks and derived defaults, applied once after parsing.
+
+Every problem is collected and reported together (a user fixing a config should not
+discover the problems one run at a time).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lmforge.config.finetune import FINETUNING_TYPES, STAGES
+from lmforge.errors import did_you_mean
+
+if TYPE_CHECKING:
+    from lmforge.config.parser import RunConfig
+
+MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over", "interleave_once")
+INFER_BACKENDS = ("huggingface", "vllm", "llamacpp")
+INFER_DTYPES = ("auto", "float16", "bfloat16", "float32")
+FLASH_ATTN = ("auto", "disabled", "sdpa", "fa2", "fa3")
+EXPORT_FORMATS = ("safetensors", "gguf")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+EVAL_STRATEGIES = ("no", "steps", "epoch")
+
+# LLaMA-Factory keys that lmforge knows but does not implement: accepted when off, refused when on,
+# so that a config never silently trains differently from what it asks for.
+UNSUPPORTED_SWITCHES = (
+    "use_galore",
+    "use_apollo",
+    "use_badam",
+    "use_adam_mini",
+    "use_muon",
+    "use_unsloth",
+    "use_unsloth_gc",
+    "enable_liger_kernel",
+    "use_llama_pro",
+    "pissa_init",
+    "shift_attn",
+    "mixture_of_depths",
+    "use_swanlab",
+)
+
+
+def finalize(cfg: RunConfig) -> list[str]:
+    """Fill derived defaults and return every cross-field problem found (empty when valid)."""
+    from lmforge.config.parser import COMMAND_GROUPS
+
+    groups = COMMAND_GROUPS[cfg.command]
+    problems: list[str] = []
+    _derive(cfg, groups)
+    _check_common(cfg, problems)
+    if "train" in groups:
+        _check_train(cfg, problems)
+    if "export" in groups:
+        _check_export(cfg, problems)
+    if "eval" in groups:
+        _check_eval(cfg, problems)
+    return problems
+
+
+def _derive(cfg: RunConfig, groups: tuple[str, ...]) -> None:
+    ft, data, train = cfg.finetune, cfg.data, cfg.train
+    if ft.lora_alpha is None:
+        ft.lora_alpha = ft.lora_rank * 2
+    if data.neat_packing:
+        data.packing = True
+    if data.packing is None:
+        data.packing = ft.stage == "pt"
+    if "train" in groups:
+        if train.evaluation_strategy and train.eval_strategy == "no":
+            train.eval_strategy = train.evaluation_strategy
+        if train.generation_max_length is None:
+            train.generation_max_length = data.cutoff_len
+        if train.report_to is None:
+            train.report_to = ["none"]
+
+
+def _choice(problems: list[str], key: str, value, choices) -> None:
+    if value not in choices:
+        hint = did_you_mean(str(value), choices) if isinstance(value, str) else ""
+        problems.append(f"'{key}' is '{value}', which is not one of: {', '.join(map(str, choices))}.{hint}")
+
+
+def _check_common(cfg: RunConfig, problems: list[str]) -> None:
+    model, data, ft = cfg.model, cfg.data, cfg.finetune
+    if not model.model_name_or_path:
+        problems.append("'model_name_or_path' is required: a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local folder.")
+    _choice(problems, "stage", ft.stage, STAGES)
+    _choice(problems, "finetuning_type", ft.finetuning_type, FINETUNING_TYPES)
+    _choice(problems, "mix_strategy", data.mix_strategy, MIX_STRATEGIES)
+    _choice(problems, "infer_backend", model.infer_backend, INFER_BACKENDS)
+    _choice(problems, "infer_dtype", model.infer_dtype, INFER_DTYPES)
+    _choice(problems, "flash_attn", model.flash_attn, FLASH_ATTN)
+    if data.template is not None:
+        from lmforge.data.templates import list_templates
+
+        names = list_templates()
+        if data.template not in names:
+            problems.append(
+                f"unknown template '{data.template}'.{did_you_mean(data.template, names)} "
+                "Run `lmforge templates` to list them."
+            )
+    if data.cutoff_len <= 0:
+        problems.append(f"'cutoff_len' must be a positive number of tokens, got {data.cutoff_len}.")
+    if data.val_size < 0:
+        problems.append(f"'val_size' must be >= 0 (a fraction below 1 or a row count), got {data.val_size}.")
+    if data.max_samples is not None and data.max_samples <= 0:
+        problems.append(f"'max_samples' must be a positive row count, got {data.max_samples}.")
+    if data.interleave_probs is not None:
+        if data.mix_strategy == "concat":
+            problems.append("'interleave_probs' needs mix_strategy interleave_under, interleave_over or interleave_once.")
+        elif data.dataset and len(data.interleave_probs) != len(data.dataset):
+            problems.append(
+                f"'interleave_probs' has {len(data.interleave_probs)} values but 'dataset' names "
+                f"{len(data.dataset)} datasets; give one probability per dataset."
+            )
+    if ft.stage != "sft":
+        for key in ("train_on_prompt", "mask_history", "neat_packing"):
+            if getattr(data, key):
+                problems.append(f"'{key}' only applies to stage sft (stage is {ft.stage}).")
+    if data.train_on_prompt and data.mask_history:
+        problems.append("'train_on_prompt' and 'mask_history' cannot both be true.")
+    if ft.lora_rank <= 0:
+        problems.append(f"'lora_rank' must be positive, got {ft.lora_rank}.")
+    if model.adapter_name_or_path and ft.finetuning_type != "lora":
+        problems.append(f"'adapter_name_or_path' needs finetuning_type lora (it is {ft.finetuning_type}).")
+    if model.quantization_bit is not None:
+        if model.quantization_bit not in (4, 8):
+            problems.append(f"'quantization_bit' must be 4 or 8, got {model.quantization_bit}.")
+        if ft.finetuning_type != "lora":
+            problems.append("quantization ('quantization_bit') is only supported with finetuning_type lora.")
+    if ft.freeze_extra_modules and ft.finetuning_type != "freeze":
+        problems.append("'freeze_extra_modules' only applies to finetuning_type freeze.")
+
+
+def _check_train(cfg: RunConfig, problems: list[str]) -> None:
+    data, train, ft = cfg.data, cfg.train, cfg.finetune
+    if cfg.command == "train" and not (train.do_train or train.do_eval or train.do_predict):
+        problems.append("nothing to do: set do_train, do_eval or do_predict to true.")
+    if cfg.command == "train" and not train.output_dir:
+        problems.append("'output_dir' is required: the folder where the run writes its results.")
+    if train.do_train and not data.dataset:
+        problems.append("'do_train' needs 'dataset': one or more names from dataset_info.json.")
+    if (train.do_eval or train.do_predict) and not (data.eval_dataset or data.val_size > 0):
+        problems.append("'do_eval'/'do_predict' need 'eval_dataset' or a 'val_size' above 0.")
+    if data.val_size > 0 and data.eval_dataset:
+        problems.append("'val_size' and 'eval_dataset' cannot be used together; choose one.")
+    if data.streaming and train.max_steps <= 0:
+        problems.append("'streaming' needs 'max_steps' (a streamed dataset has no known length).")
+    if data.streaming and data.max_samples is not None:
+        problems.append("'max_samples' cannot be used with 'streaming'.")
+    if data.streaming and 0 < data.val_size < 1:
+        problems.append("with 'streaming', 'val_size' must be a row count (>= 1), not a fraction.")
+    _choice(problems, "eval_strategy", train.eval_strategy, EVAL_STRATEGIES)
+    if train.bf16 and train.fp16:
+        problems.append("'bf16' and 'fp16' cannot both be true.")
+    if train.predict_with_generate and ft.stage != "sft":
+        problems.append("'predict_with_generate' only applies to stage sft.")
+    if ft.stage == "sft" and train.do_predict and not train.predict_with_generate:
+        problems.append("'do_predict' in stage sft needs 'predict_with_generate: true'.")
+    if train.predict_with_generate and ft.compute_accuracy:
+        problems.append("'predict_with_generate' and 'compute_accuracy' cannot both be true.")
+    if train.per_device_train_batch_size <= 0:
+        problems.append("'per_device_train_batch_size' must be positive.")
+    if train.gradient_accumulation_steps <= 0:
+        problems.append("'gradient_accumulation_steps' must be positive.")
+    if train.learning_rate <= 0:
+        problems.append(f"'learning_rate' must be positive, got {train.learning_rate}.")
+    if ft.stage in ("rm", "ppo") and train.load_best_model_at_end:
+        problems.append(f"'load_best_model_at_end' is not supported in stage {ft.stage}.")
+
+
+def _check_export(cfg: RunConfig, problems: list[str]) -> None:
+    export = cfg.export
+    _choice(problems, "export_format", export.export_format, EXPORT_FORMATS)
+    _choice(problems, "gguf_type", export.gguf_type, GGUF_TYPES)
+    _choice(problems, "export_device", export.export_device, ("cpu", "auto"))
+    if cfg.command == "export" and not export.export_dir:
+        problems.append("'export_dir' is required: the folder the exported model is written to.")
+    if export.export_size <= 0:
+        problems.append(f"'export_size' must be a positive number of GB, got {export.export_size}.")
+    if export.export_quantization_bit is not None and cfg.model.adapter_name_or_path:
+        problems.append("quantized export cannot merge adapters: export the merged model first, then quantize it.")
+
+
+def _check_eval(cfg: RunConfig, problems: list[str]) -> None:
+    ev = cfg.eval
+    if cfg.command == "eval" and not ev.task:
+        problems.append("'task' is required, as <name>_<split> (e.g. mmlu_test, cmmlu_test, ceval_validation).")
+    _choice(problems, "lang", ev.lang, ("en", "zh"))
+    if ev.n_shot < 0:
+        problems.append(f"'n_shot' must be >= 0, got {ev.n_shot}.")

@@ -1,0 +1,72 @@
+"""Turn aligned rows into model inputs, one processor per training stage.
+
+`get_processor` picks the processor for a stage; call `dataset.map(processor, batched=True,
+remove_columns=dataset.column_names)`. Every rejected row comes back with `_drop` set to one of
+`REASONS`, so the pipeline can count drops before filtering them out.
+"""
+
+from __future__ import annotations
+
+from lmforge.data.processors.base import (
+    EMPTY_TEXT,
+    IGNORE_INDEX,
+    INVALID_TURNS,
+    NO_SUPERVISED_TOKENS,
+    PACKING_REMAINDER,
+    REASONS,
+    TOO_LONG,
+    Processor,
+)
+from lmforge.data.processors.truncation import infer_seqlen
+from lmforge.errors import UserError, did_you_mean
+
+__all__ = [
+    "EMPTY_TEXT",
+    "IGNORE_INDEX",
+    "INVALID_TURNS",
+    "NO_SUPERVISED_TOKENS",
+    "PACKING_REMAINDER",
+    "REASONS",
+    "TOO_LONG",
+    "Processor",
+    "get_processor",
+    "infer_seqlen",
+]
+
+SUPPORTED_STAGES = ("pt", "sft")
+# LLaMA-Factory stages whose processors (pairwise, feedback, ppo prompts) are not written yet.
+PLANNED_STAGES = ("rm", "dpo", "kto", "ppo")
+
+
+def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool = False) -> Processor:
+    """Return the processor of `stage` (`pt`, or `sft`; `sft` with `do_generate` gives generation prompts).
+
+    `packing` (default: on for pt, off for sft) and `neat_packing` choose the packed variants.
+    """
+    if stage == "pt":
+        from lmforge.data.processors.pretrain import PretrainProcessor
+
+        if data_args.neat_packing:
+            raise UserError("neat_packing only applies to stage sft. Remove it or set neat_packing: false for pt.")
+        packing = True if data_args.packing is None else bool(data_args.packing)
+        return PretrainProcessor(data_args, template, tokenizer, packing=packing)
+
+    if stage == "sft":
+        if do_generate:
+            from lmforge.data.processors.unsupervised import UnsupervisedProcessor
+
+            return UnsupervisedProcessor(data_args, template, tokenizer)
+        if data_args.packing or data_args.neat_packing:
+            from lmforge.data.processors.packed import PackedSupervisedProcessor
+
+            return PackedSupervisedProcessor(data_args, template, tokenizer)
+        from lmforge.data.processors.supervised import SupervisedProcessor
+
+        return SupervisedProcessor(data_args, template, tokenizer)
+
+    if stage in PLANNED_STAGES:
+        raise UserError(f"stage '{stage}' is not supported yet. Supported stages: {', '.join(SUPPORTED_STAGES)}.")
+    raise UserError(
+        f"Unknown stage '{stage}'.{did_you_mean(stage, SUPPORTED_STAGES + PLANNED_STAGES)} "
+        f"Supported stages: {', '.join(SUPPORTED_STAGES)}."
+    )

@@ -1,0 +1,169 @@
+"""Reading settings: files, overrides, types, unknown keys and cross-field checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.config import ConfigError, parse_config
+from lmforge.config.parser import split_argv
+from lmforge.errors import UserError
+
+BASE = ["model_name_or_path=m", "do_train=true", "dataset=identity", "output_dir=out"]
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_yaml_file_with_key_value_and_flag_overrides(tmp_path):
+    cfg_path = write(
+        tmp_path,
+        "run.yaml",
+        "model_name_or_path: m\nstage: sft\ndo_train: true\nfinetuning_type: lora\nlora_target: all\n"
+        "dataset: identity,alpaca_en_demo\ntemplate: llama3\ncutoff_len: 1024\nlearning_rate: 1.0e-4\n"
+        "output_dir: saves/x\nbf16: false\nddp_timeout: 180000000\nreport_to: none\n",
+    )
+    cfg = parse_config("train", [cfg_path, "learning_rate=2e-4", "--lora_rank", "16", "--plot_loss", "cutoff_len=256"])
+    assert cfg.data.dataset == ["identity", "alpaca_en_demo"]
+    assert cfg.train.learning_rate == 2e-4
+    assert cfg.finetune.lora_rank == 16
+    assert cfg.finetune.lora_alpha == 32  # derived: 2 x rank
+    assert cfg.finetune.plot_loss is True
+    assert cfg.data.cutoff_len == 256
+    assert cfg.train.ddp_timeout == 180000000
+    assert cfg.train.report_to == ["none"]
+    assert cfg.source == cfg_path
+
+
+def test_json_config_file(tmp_path):
+    cfg_path = write(tmp_path, "run.json", json.dumps({"model_name_or_path": "m", "template": "qwen", "top_p": 0.5}))
+    cfg = parse_config("chat", [cfg_path])
+    assert cfg.data.template == "qwen"
+    assert cfg.generate.top_p == 0.5
+
+
+def test_flags_only_without_file():
+    cfg = parse_config("train", ["--model_name_or_path", "m", "--do_train", "--dataset", "a", "--output_dir=o"])
+    assert cfg.train.do_train is True and cfg.train.output_dir == "o"
+
+
+def test_flag_followed_by_key_value_is_boolean():
+    source, overrides = split_argv(["--bf16", "learning_rate=1e-4"])
+    assert source is None and overrides == {"bf16": "true", "learning_rate": "1e-4"}
+
+
+def test_other_trainer_keys_pass_through_typed():
+    cfg = parse_config("train", [*BASE, "dataloader_persistent_workers=true", "eval_accumulation_steps=4"])
+    assert cfg.train.hf_passthrough == {"dataloader_persistent_workers": True, "eval_accumulation_steps": 4}
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError) as err:
+        parse_config("train", [*BASE, "lora_rnak=8"])
+    assert str(err.value) == "Config error: unknown key 'lora_rnak'. Did you mean 'lora_rank'?"
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    cfg_path = write(tmp_path, "bad.yaml", "model_name_or_path: m\nlearnig_rate: 1e-4\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config("chat", [cfg_path])
+    assert str(err.value) == f"Config error in {cfg_path}: unknown key 'learnig_rate'. See `lmforge chat --help` for the valid keys."
+
+
+def test_key_of_another_command_is_explained():
+    with pytest.raises(ConfigError) as err:
+        parse_config("chat", ["model_name_or_path=m", "learning_rate=1e-4"])
+    assert "'learning_rate' is a training setting that `lmforge chat` does not use; remove it." in str(err.value)
+
+
+def test_all_problems_reported_together():
+    with pytest.raises(ConfigError) as err:
+        parse_config("train", ["do_train=true", "stage=sftt", "cutoff_len=abc", "lora_targte=all", "bf16=true", "fp16=true"])
+    message = str(err.value)
+    assert message.startswith("Config has ")
+    for expected in [
+        "unknown key 'lora_targte'. Did you mean 'lora_target'?",
+        "'cutoff_len': expected an integer, got 'abc'.",
+        "'stage' is 'sftt', which is not one of: pt, sft, rm, ppo, dpo, kto. Did you mean 'sft'?",
+        "'model_name_or_path' is required",
+        "'output_dir' is required",
+        "'do_train' needs 'dataset'",
+        "'bf16' and 'fp16' cannot both be true.",
+    ]:
+        assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["val_size=0.1", "eval_dataset=x"], "'val_size' and 'eval_dataset' cannot be used together"),
+        (["streaming=true"], "'streaming' needs 'max_steps'"),
+        (["stage=pt", "train_on_prompt=true"], "'train_on_prompt' only applies to stage sft"),
+        (["train_on_prompt=true", "mask_history=true"], "'train_on_prompt' and 'mask_history' cannot both be true."),
+        (["finetuning_type=full", "adapter_name_or_path=a"], "'adapter_name_or_path' needs finetuning_type lora"),
+        (["do_predict=true", "eval_dataset=x"], "'do_predict' in stage sft needs 'predict_with_generate: true'."),
+        (["mix_strategy=interleave", "dataset=a,b"], "Did you mean 'interleave_over'?"),
+        (["mix_strategy=interleave_under", "interleave_probs=0.5,0.5"], "'interleave_probs' has 2 values but 'dataset'"),
+        (["quantization_bit=3"], "'quantization_bit' must be 4 or 8, got 3."),
+        (["use_galore=true"], "'use_galore' is not supported by lmforge"),
+        (["do_eval=true"], "'do_eval'/'do_predict' need 'eval_dataset' or a 'val_size' above 0."),
+        (["template=qwen-3"], "unknown template 'qwen-3'. Did you mean 'qwen3'? Run `lmforge templates` to list them."),
+    ],
+)
+def test_cross_field_rules(extra, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_config("train", [*BASE, *extra])
+    assert expected in str(err.value)
+
+
+def test_derived_defaults():
+    cfg = parse_config("train", [*BASE, "stage=pt", "evaluation_strategy=steps", "cutoff_len=128"])
+    assert cfg.data.packing is True  # pt packs by default
+    assert cfg.train.eval_strategy == "steps"
+    assert cfg.train.generation_max_length == 128
+    cfg = parse_config("train", [*BASE, "neat_packing=true"])
+    assert cfg.data.packing is True
+
+
+def test_bad_yaml_reports_line(tmp_path):
+    cfg_path = write(tmp_path, "broken.yaml", "model_name_or_path: m\nlora_rank: [8\n")
+    with pytest.raises(UserError) as err:
+        parse_config("chat", [cfg_path])
+    assert str(err.value).startswith(f"{cfg_path}:3:1: invalid YAML:")
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError) as err:
+        parse_config("chat", ["nope.yaml"])
+    assert str(err.value).startswith("Config file 'nope.yaml' not found.")
+
+
+def test_config_must_be_a_mapping(tmp_path):
+    cfg_path = write(tmp_path, "list.yaml", "- a\n- b\n")
+    with pytest.raises(UserError, match="a config file must be a mapping of key: value, got a list"):
+        parse_config("chat", [cfg_path])
+
+
+def test_not_a_config_argument():
+    with pytest.raises(UserError, match="Expected a config file ending in .yaml, .yml or .json"):
+        parse_config("chat", ["config.txt"])
+
+
+def test_null_and_lists_from_text():
+    cfg = parse_config("train", [*BASE, "max_samples=null", "lora_target=q_proj,v_proj", "interleave_probs=0.2,0.8",
+                                 "mix_strategy=interleave_over", "dataset=a,b"])
+    assert cfg.data.max_samples is None
+    assert cfg.finetune.lora_target == ["q_proj", "v_proj"]
+    assert cfg.data.interleave_probs == [0.2, 0.8]
+
+
+def test_flat_dict_round_trip():
+    cfg = parse_config("train", [*BASE, "lora_rank=4", "dataloader_persistent_workers=true"])
+    flat = cfg.to_flat_dict()
+    again = parse_config("train", values=flat)
+    assert again.to_flat_dict() == flat
+    assert cfg.to_flat_dict(only_set=True)["lora_rank"] == 4
