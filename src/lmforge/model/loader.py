@@ -66,3 +66,90 @@ def load_tokenizer(model_args: ModelArguments):
     if model_args.add_special_tokens:
         tokenizer.add_tokens(model_args.add_special_tokens, special_tokens=True)
     return tokenizer
+
+
+ATTENTION = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2", "fa3": "flash_attention_3"}
+
+
+def resolve_dtype(name: str | None, fallback: str = "float32"):
+    """Map 'auto'/'bfloat16'/... to a torch dtype ('auto' picks bf16 on a GPU that has it, else fp32 on CPU)."""
+    import torch
+
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return getattr(torch, fallback)
+    return getattr(torch, name)
+
+
+def quantization_config(model_args: ModelArguments, compute_dtype):
+    """The bitsandbytes config for QLoRA, or a clear error where it cannot run."""
+    if model_args.quantization_bit is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"quantization_bit={model_args.quantization_bit} (QLoRA) needs a CUDA GPU with bitsandbytes; "
+            "this machine has no CUDA device. Remove quantization_bit to train without quantization."
+        )
+    if model_args.quantization_method != "bnb":
+        raise UserError(f"quantization_method '{model_args.quantization_method}' is not supported; use bnb.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("quantization_bit needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if model_args.quantization_bit == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=model_args.double_quantization,
+        bnb_4bit_quant_type=model_args.quantization_type,
+        bnb_4bit_quant_storage=compute_dtype,
+    )
+
+
+def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, device_map=None):
+    """Load the causal LM of `model_args.model_name_or_path` (weights, or random from its config)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = model_args.model_name_or_path
+    check_model_path(path)
+    common = hub_kwargs(model_args)
+    try:
+        config = AutoConfig.from_pretrained(path, **common)
+    except (OSError, ValueError) as err:
+        raise UserError(f"Cannot load the model config of '{path}': {str(err).splitlines()[0]}") from None
+    kwargs = dict(dtype=dtype, attn_implementation=ATTENTION[model_args.flash_attn], **common)
+    quant = quantization_config(model_args, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = device_map or {"": _current_device()}
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    if model_args.rope_scaling:
+        config.rope_scaling = {"rope_type": model_args.rope_scaling, "factor": 2.0}
+    if model_args.train_from_scratch:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+        except OSError as err:
+            raise UserError(f"Cannot load the model weights of '{path}': {str(err).splitlines()[0]}") from None
+    if model_args.resize_vocab and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    if not trainable:
+        model.requires_grad_(False)
+        model.eval()
+    else:
+        model.config.use_cache = False
+    return model
+
+
+def _current_device() -> str:
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"

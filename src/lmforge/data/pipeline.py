@@ -1,0 +1,167 @@
+"""From a run's settings to tokenized train/eval datasets, with every dropped row accounted for.
+
+dataset_info.json -> load + convert (aligned rows) -> fill placeholders -> mix/split ->
+tokenize with the stage's processor -> count drops -> (save to tokenized_path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmforge.data.report import DropReport, collect_drops
+from lmforge.errors import UserError
+from lmforge.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from lmforge.config import DataArguments, RunConfig
+
+logger = get_logger(__name__)
+
+TRAIN = "train"
+EVAL = "validation"
+_META = ("_dataset", "_row", "_drop", "_dropped_tokens")
+
+
+@dataclass
+class DatasetModule:
+    """Tokenized datasets of one run and what happened to the rows on the way."""
+
+    train_dataset: Any = None
+    eval_dataset: Any = None  # one dataset, or {name: dataset} with eval_on_each_dataset
+    report: DropReport = field(default_factory=DropReport)
+    packing_dropped_tokens: int = 0
+
+    def summary_lines(self) -> list[str]:
+        lines = self.report.summary_lines()
+        if self.packing_dropped_tokens:
+            lines.append(f"packing: {self.packing_dropped_tokens} tokens after the last full block were not used")
+        return lines
+
+
+def fill_placeholders(dataset, values: dict[str, Any] | None):
+    """Replace `{{key}}` in every message, system prompt and tool text by the configured value."""
+    if not values:
+        return dataset
+    pairs = [("{{" + str(k) + "}}", str(v)) for k, v in values.items()]
+
+    def fill(text: str) -> str:
+        for old, new in pairs:
+            text = text.replace(old, new)
+        return text
+
+    def apply(batch):
+        for column in ("_prompt", "_response"):
+            batch[column] = [[{**m, "content": fill(m["content"])} for m in messages] for messages in batch[column]]
+        for column in ("_system", "_tools"):
+            batch[column] = [fill(text) if text else text for text in batch[column]]
+        return batch
+
+    return dataset.map(apply, batched=True, desc="Filling placeholders", **_map_kwargs_for(dataset))
+
+
+def _map_kwargs_for(dataset) -> dict:
+    from datasets import IterableDataset
+
+    return {} if isinstance(dataset, IterableDataset) else {"load_from_cache_file": False}
+
+
+def load_aligned(cfg: RunConfig, report: DropReport, stage: str):
+    """The aligned (untokenized) splits of the run: train and validation (or validation_<name>)."""
+    from lmforge.data.loader import get_aligned_splits
+
+    splits = get_aligned_splits(cfg.data, seed=cfg.train.seed, report=report, stage=stage)
+    return {name: fill_placeholders(ds, cfg.data.placeholders) for name, ds in splits.items()}
+
+
+def tokenize_split(dataset, data_args: DataArguments, processor, report: DropReport, name: str):
+    """Run the processor over one split; return (valid rows with model columns only, dropped packing tokens)."""
+    from datasets import IterableDataset
+
+    from lmforge.data.processors import PACKING_REMAINDER
+    from lmforge.data.processors.pretrain import dropped_tail_tokens
+
+    kwargs: dict[str, Any] = dict(batched=True, remove_columns=list(dataset.column_names or []))
+    streaming = isinstance(dataset, IterableDataset)
+    if not streaming:
+        kwargs.update(
+            batch_size=data_args.preprocessing_batch_size,
+            num_proc=data_args.preprocessing_num_workers if (data_args.preprocessing_num_workers or 0) > 1 else None,
+            load_from_cache_file=not data_args.overwrite_cache,
+            features=processor.features,
+            desc=f"Tokenizing {name}",
+        )
+    else:
+        kwargs["batch_size"] = data_args.preprocessing_batch_size
+    tokenized = dataset.map(processor, **kwargs)
+    dropped_tokens = 0
+    if not streaming and "_dropped_tokens" in tokenized.column_names:
+        dropped_tokens = dropped_tail_tokens(tokenized)
+        # The packed remainder is a token count, not a dropped row: keep it out of the row report.
+        tokenized = tokenized.filter(lambda drops: [d != PACKING_REMAINDER for d in drops], input_columns="_drop",
+                                     batched=True, desc="Collecting drops")
+    elif streaming:
+        tokenized = tokenized.filter(lambda drop: drop != PACKING_REMAINDER, input_columns="_drop")
+    valid = collect_drops(tokenized, report, stage="tokenize")
+    present = valid.column_names or []
+    meta = [c for c in _META if c in present]
+    return (valid.remove_columns(meta) if meta else valid), dropped_tokens
+
+
+def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, generate_eval: bool = False) -> DatasetModule:
+    """Tokenized train/eval datasets for the run (loaded from `tokenized_path` when it exists)."""
+    from lmforge.data.processors import get_processor
+
+    data = cfg.data
+    stage = stage or cfg.finetune.stage
+    if data.tokenized_path and Path(data.tokenized_path).exists() and not data.overwrite_cache:
+        from lmforge.data.tokenized import load_tokenized
+
+        logger.info(f"Loading the tokenized dataset from {data.tokenized_path} (dataset settings are not used).")
+        saved = load_tokenized(data.tokenized_path)
+        return DatasetModule(train_dataset=saved.train, eval_dataset=saved.eval_by_name or saved.eval)
+
+    module = DatasetModule()
+    aligned = load_aligned(cfg, module.report, stage)
+    tokenized: dict[str, Any] = {}
+    for name, dataset in aligned.items():
+        processor = get_processor(stage, data, template, tokenizer, do_generate=generate_eval and name != TRAIN)
+        tokenized[name], dropped = tokenize_split(dataset, data, processor, module.report, name)
+        module.packing_dropped_tokens += dropped
+        if not data.streaming and len(tokenized[name]) == 0:
+            details = "; ".join(module.report.summary_lines()) or "no rows were loaded"
+            raise UserError(
+                f"No valid {'training' if name == TRAIN else 'evaluation'} samples are left after tokenization "
+                f"(cutoff_len {data.cutoff_len}): {details}. Run `lmforge data check` on this config for details."
+            )
+    for line in module.summary_lines():
+        logger.warning(line)
+
+    if data.tokenized_path:
+        if data.streaming:
+            raise UserError("tokenized_path cannot be used with streaming: a stream cannot be saved.")
+        from lmforge.data.tokenized import save_tokenized
+
+        save_tokenized(tokenized, data.tokenized_path, overwrite=True)
+        logger.info(f"Saved the tokenized dataset to {data.tokenized_path}.")
+
+    module.train_dataset = tokenized.get(TRAIN)
+    evals = {k[len(EVAL) + 1:]: v for k, v in tokenized.items() if k.startswith(EVAL + "_")}
+    module.eval_dataset = evals or tokenized.get(EVAL)
+    return module
+
+
+def prepare_template(data_args: DataArguments, tokenizer):
+    """The run's template (a fresh object) with the tokenizer fitted to it."""
+    from lmforge.data.templates import get_template
+
+    template = get_template(
+        data_args.template,
+        tokenizer,
+        tool_format=data_args.tool_format,
+        default_system=data_args.default_system,
+        enable_thinking=data_args.enable_thinking,
+    )
+    template.fix_tokenizer(tokenizer)
+    return template

@@ -1,0 +1,120 @@
+"""What every processor shares: the label constant, drop reasons, output columns and their types.
+
+A processor is called by `dataset.map(processor, batched=True)` on aligned rows (`_prompt`,
+`_response`, `_system`, `_tools`, media, `_dataset`, `_row`, `_drop`). It returns a pyarrow table
+whose schema is fixed by `processor.features`, so a batch of only dropped rows (empty lists)
+cannot decide the column types, and `datasets` never narrows `attention_mask` to int8 behind our
+back (neat packing stores sample indices there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import Any
+
+from lmforge.errors import UserError
+
+IGNORE_INDEX = -100
+
+# Reason keys of dropped rows, as they appear in `_drop` and in the data report.
+INVALID_TURNS = "invalid_turns"  # prompt of even length, or not exactly one response
+TOO_LONG = "too_long"  # longer than cutoff_len (drop_overlong, or too long to pack)
+NO_SUPERVISED_TOKENS = "no_supervised_tokens"  # every label is IGNORE_INDEX after truncation
+EMPTY_TEXT = "empty_text"  # pt row without any text message
+PACKING_REMAINDER = "packing_remainder"  # pt: tokens after the last full block of a batch
+REASONS = (INVALID_TURNS, TOO_LONG, NO_SUPERVISED_TOKENS, EMPTY_TEXT, PACKING_REMAINDER)
+
+META_COLUMNS = ("_dataset", "_row", "_drop")
+
+
+def int_list(dtype: str = "int32"):
+    """The feature type of a token-level column."""
+    from datasets import List, Value
+
+    return List(Value(dtype))
+
+
+class Processor:
+    """Base of the stage processors: turns a batch of aligned rows into model inputs.
+
+    Subclasses set `model_columns` and implement `process`; `__call__` is what `dataset.map` uses.
+    """
+
+    model_columns: tuple[str, ...] = ("input_ids", "attention_mask", "labels")
+    attention_dtype = "int8"
+    extra_features: Mapping[str, Any] = {}
+
+    def __init__(self, data_args, template, tokenizer) -> None:
+        self.data_args = data_args
+        self.template = template
+        self.tokenizer = tokenizer
+
+    @cached_property
+    def features(self):
+        """The `datasets.Features` of the output; pass it to `map(features=...)` if you like."""
+        from datasets import Features, Value
+
+        types = {
+            "input_ids": int_list(),
+            "attention_mask": int_list(self.attention_dtype),
+            "labels": int_list(),
+            "position_ids": int_list(),
+        }
+        features = {name: types[name] for name in self.model_columns}
+        features.update({"_dataset": Value("string"), "_row": Value("int64"), "_drop": Value("string")})
+        features.update(self.extra_features)
+        return Features(features)
+
+    def process(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        """Return the output columns as Python lists (one drop row per rejected input row)."""
+        raise NotImplementedError
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]]):
+        import pyarrow as pa
+
+        return pa.Table.from_pydict(self.process(batch), schema=self.features.arrow_schema)
+
+    def describe(self, example: Mapping[str, Any]) -> str:
+        """A readable dump of one processed example: ids, decoded text and supervised text."""
+        lines = [f"input_ids:\n{list(example['input_ids'])}"]
+        lines.append(f"inputs:\n{self.tokenizer.decode(example['input_ids'], skip_special_tokens=False)}")
+        if "labels" in example:
+            labels = list(example["labels"])
+            lines.append(f"label_ids:\n{labels}")
+            kept = [token for token in labels if token != IGNORE_INDEX]
+            lines.append(f"labels:\n{self.tokenizer.decode(kept, skip_special_tokens=False)}")
+        return "\n".join(lines)
+
+    def _empty_output(self) -> dict[str, list[Any]]:
+        return {name: [] for name in self.features}
+
+    def _add_drop(self, out: dict[str, list[Any]], dataset: str, row: int, reason: str) -> None:
+        for name in out:
+            out[name].append([] if name in self.model_columns else 0)
+        out["_dataset"][-1], out["_row"][-1], out["_drop"][-1] = dataset, row, reason
+
+    def _add_row(self, out: dict[str, list[Any]], dataset: str, row: int, **values: list[int]) -> None:
+        for name in out:
+            out[name].append(values[name] if name in values else 0)
+        out["_dataset"][-1], out["_row"][-1], out["_drop"][-1] = dataset, row, ""
+
+
+def row_meta(batch: Mapping[str, Sequence[Any]], index: int) -> tuple[str, int, str]:
+    """The (`_dataset`, `_row`, `_drop`) of input row `index`, with defaults when a column is absent."""
+    dataset = batch["_dataset"][index] if "_dataset" in batch else ""
+    row = batch["_row"][index] if "_row" in batch else -1
+    drop = batch["_drop"][index] if "_drop" in batch else ""
+    return dataset or "", -1 if row is None else int(row), drop or ""
+
+
+def check_text_only(batch: Mapping[str, Sequence[Any]], index: int) -> None:
+    """Refuse media rows: the processors do not expand image/video/audio placeholders yet."""
+    for column in ("_images", "_videos", "_audios"):
+        if column in batch and batch[column][index]:
+            dataset, row, _ = row_meta(batch, index)
+            kind = column[1:]
+            raise UserError(
+                f"Dataset '{dataset}' row {row} has {kind}, but multimodal data is not supported yet. "
+                f"Remove the `{kind}` column from its dataset_info.json entry to train on the text only."
+            )

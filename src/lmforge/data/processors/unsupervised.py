@@ -1,0 +1,58 @@
+"""Prompts for prediction and generation: the prompt up to the assistant header, the answer as labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lmforge.data.processors.base import INVALID_TURNS, Processor, check_text_only, row_meta
+from lmforge.data.processors.truncation import infer_seqlen
+
+
+class UnsupervisedProcessor(Processor):
+    """One row per input row: `input_ids` (the generation prompt), `attention_mask`, `labels` (the answer).
+
+    `labels` is not aligned with `input_ids`: it is the reference answer (+ eos for efficient_eos
+    templates), for generation metrics. A row without a response gets the template's rendering of
+    an empty assistant message as labels. Rows whose prompt has an even number of messages are
+    dropped with `invalid_turns`.
+    """
+
+    def __init__(self, data_args, template, tokenizer) -> None:
+        super().__init__(data_args, template, tokenizer)
+        self.efficient_eos = bool(getattr(template, "efficient_eos", False))
+
+    def encode(
+        self,
+        prompt: Sequence[Mapping[str, str]],
+        response: Sequence[Mapping[str, str]],
+        system: str | None,
+        tools: str | None,
+    ) -> tuple[list[int], list[int]]:
+        """Return (prompt_ids, answer_ids) of one row, both cut with `infer_seqlen`."""
+        answer = list(response) if len(response) == 1 else [{"role": "assistant", "content": ""}]
+        messages = [dict(message) for message in (*prompt, *answer)]
+        prompt_ids, answer_ids = self.template.encode_oneturn(self.tokenizer, messages, system or None, tools or None)
+        prompt_ids, answer_ids = list(prompt_ids), list(answer_ids)
+        if self.efficient_eos:
+            answer_ids.append(self.tokenizer.eos_token_id)
+        source_len, target_len = infer_seqlen(len(prompt_ids), len(answer_ids), self.data_args.cutoff_len)
+        return prompt_ids[:source_len], answer_ids[:target_len]
+
+    def process(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        """Encode every row of the batch; see the class docstring for the columns."""
+        out = self._empty_output()
+        for index in range(len(batch["_prompt"])):
+            dataset, row, drop = row_meta(batch, index)
+            prompt = batch["_prompt"][index] or []
+            if not drop and len(prompt) % 2 != 1:
+                drop = INVALID_TURNS
+            if drop:
+                self._add_drop(out, dataset, row, drop)
+                continue
+            check_text_only(batch, index)
+            system = batch["_system"][index] if "_system" in batch else None
+            tools = batch["_tools"][index] if "_tools" in batch else None
+            input_ids, labels = self.encode(prompt, batch["_response"][index] or [], system, tools)
+            self._add_row(out, dataset, row, input_ids=input_ids, attention_mask=[1] * len(input_ids), labels=labels)
+        return out

@@ -1,0 +1,61 @@
+"""`lmforge templates [NAME]`: list the templates, or show one's format and an example render."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EXAMPLE_SYSTEM = "You are a helpful assistant."
+EXAMPLE = [
+    {"role": "user", "content": "Hi, who are you?"},
+    {"role": "assistant", "content": "I am an AI assistant."},
+    {"role": "user", "content": "What can you do?"},
+    {"role": "assistant", "content": "I answer questions."},
+]
+
+
+class _NamedSpecials:
+    """A stand-in tokenizer for renders without a model: BOS/EOS are shown as {bos_token}/{eos_token}."""
+
+    bos_token, eos_token = "{bos_token}", "{eos_token}"
+    bos_token_id, eos_token_id = 1, 2
+
+
+def describe(template, tokenizer) -> str:
+    """Settings, then the example conversation rendered with the trained text marked [[...]]."""
+    lines = [f"Template: {template.name}"]
+    for key in ("default_system", "stop_words", "tool_format", "efficient_eos", "replace_eos", "enable_thinking"):
+        if hasattr(template, key):
+            value = getattr(template, key)
+            lines.append(f"  {key}: {json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)}")
+    pairs = template.render_multiturn(tokenizer, EXAMPLE, system=EXAMPLE_SYSTEM)
+    rendered = "".join(f"{source}[[{target}]]" for source, target in pairs)
+    lines += ["", f"Example (system prompt {EXAMPLE_SYSTEM!r}; trained text inside [[ ]]):", rendered]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    from lmforge.data.templates import get_template, list_templates
+
+    parser = argparse.ArgumentParser(prog="lmforge templates")
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--model", help="Render with this model's tokenizer (its real BOS/EOS tokens).")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    if args.name is None:
+        for name in list_templates():
+            print(name)
+        return 0
+    template = get_template(args.name)
+    if args.model:
+        from lmforge.config import ModelArguments
+        from lmforge.model.loader import load_tokenizer
+
+        tokenizer = load_tokenizer(ModelArguments(model_name_or_path=args.model))
+        template.fix_tokenizer(tokenizer)
+    else:
+        tokenizer = _NamedSpecials()
+    print(describe(template, tokenizer))
+    return 0

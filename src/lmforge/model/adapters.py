@@ -1,0 +1,193 @@
+"""Attach what trains to a loaded model: LoRA adapters (peft), freeze masks, or everything.
+
+Also loads trained adapters for inference, merged into the weights or kept unmerged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lmforge.errors import UserError
+from lmforge.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from lmforge.config import FinetuningArguments, ModelArguments
+
+logger = get_logger(__name__)
+
+# Output heads are never LoRA targets under `lora_target: all`: their adapters would be saved as
+# part of a vocabulary-sized matrix and they break weight tying.
+HEAD_NAMES = ("lm_head", "output_layer", "output", "embed_out")
+
+
+def find_all_linear_modules(model) -> list[str]:
+    """Leaf names of every Linear layer except the output head (`lora_target: all`)."""
+    names = set()
+    for full_name, module in model.named_modules():
+        if "Linear" in type(module).__name__ and "Embedding" not in type(module).__name__:
+            leaf = full_name.split(".")[-1]
+            if leaf not in HEAD_NAMES:
+                names.add(leaf)
+    return sorted(names)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def _num_layers(model) -> int:
+    config = model.config
+    for key in ("num_hidden_layers", "num_layers", "n_layer"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    raise UserError("Cannot find the number of layers in the model config; use finetuning_type lora or full.")
+
+
+def setup_full(model, ft: FinetuningArguments) -> None:
+    """Train every parameter (kept in float32 unless pure_bf16)."""
+    model.requires_grad_(True)
+    if not ft.pure_bf16:
+        model.float()
+
+
+def setup_freeze(model, ft: FinetuningArguments) -> list[str]:
+    """Train only the chosen layers (and modules within them); return the trainable parameter names."""
+    import torch
+
+    n_layers = _num_layers(model)
+    k = ft.freeze_trainable_layers
+    if k == 0 or abs(k) > n_layers:
+        raise UserError(f"'freeze_trainable_layers' must be between 1 and {n_layers} (or -1 and -{n_layers}), got {k}.")
+    layer_ids = range(n_layers - k, n_layers) if k > 0 else range(-k)
+    modules = ft.freeze_trainable_modules
+    extra = ft.freeze_extra_modules or []
+    layer_pattern = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+    available_modules: set[str] = set()
+    trainable: list[str] = []
+    for name, param in model.named_parameters():
+        match = layer_pattern.search(f".{name}")
+        train = False
+        if match:
+            inner = name[match.end() - 1:].split(".")
+            available_modules.update(part for part in inner[:-1] if part)
+            if int(match.group(1)) in layer_ids:
+                train = modules == ["all"] or any(m in inner for m in modules)
+        elif any(f".{m}." in f".{name}" for m in extra):
+            train = True
+        param.requires_grad_(train)
+        if train:
+            trainable.append(name)
+            if not ft.pure_bf16 and param.dtype != torch.float32:
+                param.data = param.data.float()
+    if modules != ["all"]:
+        unknown = [m for m in modules if m not in available_modules]
+        if unknown:
+            raise UserError(
+                f"freeze_trainable_modules {unknown} not found in the layers; choose from: {', '.join(sorted(available_modules))}."
+            )
+    if not trainable:
+        raise UserError("The freeze settings leave no parameter to train; check freeze_trainable_layers/modules.")
+    return trainable
+
+
+def _check_adapter(path: str, base_path: str | None) -> dict:
+    config_file = Path(path) / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(
+            f"Adapter '{path}' not found: expected {config_file}. Point adapter_name_or_path at a LoRA training output_dir."
+        )
+    config = json.loads(config_file.read_text())
+    return config
+
+
+def load_adapters(model, model_args: ModelArguments, trainable_last: bool, merge: bool):
+    """Apply `adapter_name_or_path` in order; return (model, the still-unmerged trainable adapter or None)."""
+    from peft import PeftModel
+
+    paths = model_args.adapter_name_or_path or []
+    for i, path in enumerate(paths):
+        config = _check_adapter(path, model_args.model_name_or_path)
+        last = i == len(paths) - 1
+        try:
+            model = PeftModel.from_pretrained(model, path, is_trainable=trainable_last and last)
+        except (RuntimeError, ValueError, KeyError) as err:
+            base = config.get("base_model_name_or_path") or "an unknown base model"
+            raise UserError(
+                f"Adapter '{path}' does not fit the model '{model_args.model_name_or_path}' "
+                f"(it was trained on {base}): {str(err).splitlines()[0]}"
+            ) from None
+        if merge and not (trainable_last and last):
+            model = model.merge_and_unload()
+    return model
+
+
+def setup_lora(model, model_args: ModelArguments, ft: FinetuningArguments):
+    """Attach a LoRA adapter for training: resume the last given adapter or create a new one."""
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+
+    paths = model_args.adapter_name_or_path or []
+    resume = bool(paths) and not ft.create_new_adapter
+    if paths:
+        # Merge every adapter but the one that keeps training (or all of them for a new adapter).
+        if resume:
+            model = load_adapters(model, model_args, trainable_last=True, merge=True)
+        else:
+            model = load_adapters(model, model_args, trainable_last=False, merge=True)
+    if resume and isinstance(model, PeftModel):
+        return model
+    targets = find_all_linear_modules(model) if ft.lora_target == ["all"] else list(ft.lora_target)
+    present = set(find_all_linear_modules(model)) | {n.split(".")[-1] for n, _ in model.named_modules()}
+    missing = [t for t in targets if t not in present]
+    if missing:
+        raise UserError(
+            f"lora_target {missing} not found in the model; its linear layers are: "
+            f"{', '.join(find_all_linear_modules(model))} (or use lora_target: all)."
+        )
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=ft.lora_rank,
+        lora_alpha=ft.lora_alpha,
+        lora_dropout=ft.lora_dropout,
+        target_modules=targets,
+        modules_to_save=ft.additional_target,
+        use_rslora=ft.use_rslora,
+        use_dora=ft.use_dora,
+    )
+    model = get_peft_model(model, config)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != _float32():
+            param.data = param.data.float()
+    return model
+
+
+def _float32():
+    import torch
+
+    return torch.float32
+
+
+def init_adapter(model, model_args: ModelArguments, ft: FinetuningArguments, trainable: bool):
+    """Prepare `model` for training with `ft.finetuning_type`, or apply adapters for inference."""
+    if not trainable:
+        if model_args.adapter_name_or_path:
+            model = load_adapters(model, model_args, trainable_last=False, merge=True)
+        return model
+    if ft.finetuning_type == "full":
+        setup_full(model, ft)
+    elif ft.finetuning_type == "freeze":
+        setup_freeze(model, ft)
+    else:
+        model = setup_lora(model, model_args, ft)
+    trainable_n, total = count_parameters(model)
+    logger.info(f"trainable params: {trainable_n:,} || all params: {total:,} || trainable%: {100 * trainable_n / total:.4f}")
+    return model

@@ -1,0 +1,59 @@
+"""Turn lmforge's TrainArguments into transformers' Seq2SeqTrainingArguments."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
+from lmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from lmforge.config import RunConfig
+
+# Fields of ours that transformers 5 no longer has, or that lmforge handles itself.
+_OWN_FIELDS = {"hf_passthrough", "overwrite_output_dir", "evaluation_strategy", "warmup_ratio", "logging_dir"}
+
+
+def build_training_args(cfg: RunConfig, resume_from: str | None):
+    """Seq2SeqTrainingArguments for this run (non-padding token counting on, our own progress bar)."""
+    import torch
+    from transformers import Seq2SeqTrainingArguments
+
+    train = cfg.train
+    kwargs = {f.name: getattr(train, f.name) for f in dataclasses.fields(train) if f.name not in _OWN_FIELDS}
+    kwargs.update(train.hf_passthrough)
+    if train.warmup_ratio and not train.warmup_steps:
+        kwargs["warmup_steps"] = train.warmup_ratio  # transformers 5 reads a float below 1 as a ratio
+    if train.logging_dir:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", train.logging_dir)
+    kwargs["resume_from_checkpoint"] = resume_from
+    kwargs["remove_unused_columns"] = False  # our collators need every processed column
+    kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
+    kwargs["disable_tqdm"] = True  # the console progress bar is ours
+    kwargs.setdefault("log_level", "warning")
+    if cfg.finetune.finetuning_type == "lora":
+        kwargs.setdefault("label_names", ["labels"])
+    if cfg.finetune.pure_bf16:
+        kwargs["bf16"] = False  # the weights are already bf16: no autocast on top
+    if not torch.cuda.is_available():
+        if train.bf16 or train.fp16:
+            # CPU autocast in fp16 is unsupported and bf16 autocast is slow; say so instead of failing deep inside.
+            if train.fp16:
+                raise UserError("fp16 needs a CUDA GPU; this machine has none. Remove fp16 (or use bf16).")
+        kwargs.setdefault("use_cpu", True)
+    if "ddp_find_unused_parameters" not in kwargs and cfg.finetune.finetuning_type == "lora":
+        kwargs["ddp_find_unused_parameters"] = False
+    unknown = set(kwargs) - _hf_fields()
+    for key in unknown:
+        kwargs.pop(key)
+    try:
+        return Seq2SeqTrainingArguments(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"Invalid training settings: {str(err).splitlines()[0]}") from None
+
+
+def _hf_fields() -> set[str]:
+    from transformers import Seq2SeqTrainingArguments
+
+    return {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments) if f.init}

@@ -1,0 +1,45 @@
+"""Loss curves (`plot_loss: true`): training_loss.png and training_eval_loss.png, drawn with matplotlib."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def smooth(values: list[float]) -> list[float]:
+    """TensorBoard-style exponential moving average, with a weight that grows with the curve length."""
+    if not values:
+        return []
+    weight = 1.8 * (1 / (1 + math.exp(-0.05 * len(values))) - 0.5)
+    out, last = [], values[0]
+    for value in values:
+        last = last * weight + (1 - weight) * value
+        out.append(last)
+    return out
+
+
+def plot_losses(log_history: list[dict], output_dir: str | Path, keys=("loss", "eval_loss")) -> list[Path]:
+    """Write one PNG per key that has values in the log history; return the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key in keys:
+        points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
+        if not points:
+            continue
+        steps, values = zip(*points)
+        fig = plt.figure()
+        plt.plot(steps, values, color="#1f77b4", alpha=0.4, label="original")
+        plt.plot(steps, smooth(list(values)), color="#1f77b4", label="smoothed")
+        plt.title(f"{key} of {Path(output_dir).name}")
+        plt.xlabel("step")
+        plt.ylabel(key)
+        plt.legend()
+        path = Path(output_dir) / f"training_{key}.png"
+        fig.savefig(path, format="png", dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
