@@ -42,6 +42,7 @@ def build_training_args(cfg: RunConfig, resume_from: str | None):
             if train.fp16:
                 raise UserError("fp16 needs a CUDA GPU; this machine has none. Remove fp16 (or use bf16).")
         kwargs.setdefault("use_cpu", True)
+        kwargs.setdefault("dataloader_pin_memory", False)
     if "ddp_find_unused_parameters" not in kwargs and cfg.finetune.finetuning_type == "lora":
         kwargs["ddp_find_unused_parameters"] = False
     unknown = set(kwargs) - _hf_fields()

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from transformers import Seq2SeqTrainer
+from transformers.trainer_utils import rotate_checkpoints
 
 from lmforge.train.outputs import staging_dir
 
@@ -43,7 +44,11 @@ class ForgeTrainer(Seq2SeqTrainer):
                 shutil.rmtree(target)
             os.replace(written, target)
             staging.rmdir()
-            self._rotate_checkpoints(use_mtime=False, output_dir=real_output_dir)
+            rotate_checkpoints(
+                real_output_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+            )
 
 
 def _fsync_tree(folder: Path) -> None:

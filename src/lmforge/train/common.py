@@ -1,0 +1,87 @@
+"""Steps shared by the training stages: load the trainable model, run the Trainer, write the outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lmforge.train.outputs import publish_files, staging_dir, write_run_file
+from lmforge.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from lmforge.config import RunConfig
+
+logger = get_logger(__name__)
+
+
+def compute_dtype(cfg: RunConfig):
+    """The dtype the base weights are loaded in for training."""
+    import torch
+
+    if cfg.train.bf16 or cfg.finetune.pure_bf16:
+        return torch.bfloat16
+    if cfg.train.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def load_trainable_model(cfg: RunConfig, tokenizer, template):
+    """The model with its adapter / freeze mask attached, ready for the Trainer."""
+    from lmforge.model.adapters import init_adapter
+    from lmforge.model.loader import load_model
+
+    trainable = cfg.train.do_train
+    model = load_model(cfg.model, tokenizer, compute_dtype(cfg), trainable=trainable)
+    if trainable and not cfg.model.disable_gradient_checkpointing:
+        # Recompute activations in the backward pass: much less memory for a little more compute.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": cfg.model.use_reentrant_gc})
+        model.enable_input_require_grads()
+    stop_ids = template.stop_token_ids(tokenizer)
+    model.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return init_adapter(model, cfg.model, cfg.finetune, trainable=trainable)
+
+
+def save_final(trainer, tokenizer, output_dir: Path) -> list[str]:
+    """Write the final weights and tokenizer next to each other, all at once (staging + rename)."""
+    staging = staging_dir(output_dir, "final")
+    trainer.save_model(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    return publish_files(staging, output_dir)
+
+
+def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_from: str | None) -> dict:
+    """Train and/or evaluate, then write weights, metrics, state, plots and the run file; return the metrics."""
+    out = Path(cfg.train.output_dir)
+    all_metrics: dict = {}
+    if cfg.train.do_train:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        save_final(trainer, tokenizer, out)
+        metrics = dict(result.metrics)
+        tokens = getattr(trainer.state, "num_input_tokens_seen", 0)
+        if tokens and metrics.get("train_runtime"):
+            metrics["train_tokens_per_second"] = round(tokens / metrics["train_runtime"], 2)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        all_metrics.update(metrics)
+        if cfg.finetune.plot_loss:
+            from lmforge.train.plotting import plot_losses
+
+            for path in plot_losses(trainer.state.log_history, out):
+                logger.info(f"Loss curve written to {path}")
+    if cfg.train.do_eval and dataset_module.eval_dataset is not None:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        if "eval_loss" in metrics:
+            import math
+
+            try:
+                metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
+            except OverflowError:
+                metrics["eval_perplexity"] = float("inf")
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        all_metrics.update(metrics)
+    if cfg.train.do_train:
+        write_run_file(cfg, out, template.name)
+    return all_metrics
