@@ -19,14 +19,24 @@ MARK_OPEN, MARK_CLOSE = "[[", "]]"
 PERCENTILES = (50, 90, 95, 99)
 
 
+USAGE = "Usage: lmforge data {preview,check} CONFIG.yaml [key=value ...] [--num N] [--split train|eval] [--json]"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises a UserError (one line, exit 1) instead of printing usage and exiting 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}. {USAGE}")
+
+
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="lmforge data", add_help=False)
+    parser = _Parser(prog="lmforge data", add_help=False)
     parser.add_argument("action", choices=("preview", "check"))
     parser.add_argument("--num", type=int, default=3, help="preview: number of samples to show")
-    parser.add_argument("--split", choices=("train", "eval"), default="train")
+    parser.add_argument("--split", default="train", help="train or eval")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     if not argv or argv[0] not in ("preview", "check"):
-        raise UserError("Usage: lmforge data {preview,check} CONFIG.yaml [key=value ...] [--num N] [--json]")
+        raise UserError(USAGE)
     own, rest = [], []
     i = 0
     while i < len(argv):
@@ -35,12 +45,17 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             own += argv[i : i + 2]
             i += 2
             continue
-        if token == "--json" or i == 0:
+        if token == "--json" or token.startswith(("--num=", "--split=")) or i == 0:
             own.append(token)
         else:
             rest.append(token)
         i += 1
-    return parser.parse_args(own), rest
+    args = parser.parse_args(own)
+    if args.num < 1:
+        raise UserError(f"--num must be at least 1, got {args.num}.")
+    if args.split not in ("train", "eval"):
+        raise UserError(f"--split must be train or eval, got '{args.split}'.")
+    return args, rest
 
 
 def prepare(config_argv: list[str]):
@@ -70,29 +85,64 @@ def mark_trained(tokenizer, input_ids: list[int], labels: list[int] | None) -> s
     return "".join(parts)
 
 
-def _split_name(args) -> str:
+def _split_names(args, splits) -> list[str]:
+    """The aligned splits that `--split` names: train, or every eval split (one per dataset with
+    eval_on_each_dataset)."""
     from lmforge.data.pipeline import EVAL, TRAIN
 
-    return TRAIN if args.split == "train" else EVAL
+    if args.split == "train":
+        return [TRAIN] if TRAIN in splits else []
+    return [name for name in splits if name == EVAL or name.startswith(EVAL + "_")]
 
 
-def preview(args, cfg, tokenizer, template) -> int:
+def _first_rows(splits, names: list[str], num: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        rows += list(splits[name].take(num - len(rows)))
+        if len(rows) >= num:
+            break
+    return rows
+
+
+def _preview_rows(args, cfg) -> list[dict[str, Any]]:
+    """The first `--num` valid aligned rows of the split. Reading only the first rows of each dataset is
+    fast, but rows that fail conversion leave fewer (or none), so then every row is read."""
     from lmforge.data.pipeline import load_aligned
-    from lmforge.data.processors import IGNORE_INDEX, get_processor
     from lmforge.data.report import DropReport
 
     data = cfg.data
-    if not data.streaming:
-        data.max_samples = min(data.max_samples or args.num, args.num) if data.val_size == 0 else data.max_samples
+    wanted = data.max_samples
+    if not data.streaming and data.val_size == 0 and (wanted is None or wanted > args.num):
+        data.max_samples = args.num
+        try:
+            splits = load_aligned(cfg, DropReport(), cfg.finetune.stage)
+        except UserError:
+            splits = None  # e.g. all of the first rows are invalid: the full read below tells
+        if splits is not None:
+            names = _split_names(args, splits)
+            rows = _first_rows(splits, names, args.num)
+            if not names or len(rows) >= args.num:
+                return _require(args, names, rows)
+        data.max_samples = wanted
+    splits = load_aligned(cfg, DropReport(), cfg.finetune.stage)
+    names = _split_names(args, splits)
+    return _require(args, names, _first_rows(splits, names, args.num))
+
+
+def _require(args, names: list[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not names:
+        raise UserError(f"This config has no {args.split} split (set {'eval_dataset or val_size' if args.split == 'eval' else 'dataset'}).")
+    return rows
+
+
+def preview(args, cfg, tokenizer, template) -> int:
+    from lmforge.data.processors import IGNORE_INDEX, get_processor
+
+    data = cfg.data
     # Packed blocks mix samples; the preview shows each sample on its own.
     unpacked = dataclasses.replace(data, packing=False, neat_packing=False)
-    report = DropReport()
-    splits = load_aligned(cfg, report, cfg.finetune.stage)
-    name = _split_name(args)
-    if name not in splits:
-        raise UserError(f"This config has no {args.split} split (set {'eval_dataset or val_size' if args.split == 'eval' else 'dataset'}).")
+    rows = _preview_rows(args, cfg)
     processor = get_processor(cfg.finetune.stage, unpacked, template, tokenizer)
-    rows = list(splits[name].take(args.num))
     out = processor.process({key: [row[key] for row in rows] for key in rows[0]}) if rows else {"input_ids": []}
     samples = []
     for i in range(len(out["input_ids"])):
@@ -122,19 +172,39 @@ def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[index]
 
 
-def length_stats(lengths: list[int], cutoff_len: int) -> dict[str, Any]:
-    """Length percentiles and how many samples cutoff_len truncates, and by how much."""
+def length_stats(lengths: list[int], cutoff_len: int, overlong: str = "truncated", limit: int | None = None) -> dict[str, Any]:
+    """Length percentiles and how many samples are longer than `limit` (default cutoff_len).
+
+    `overlong` says what happens to them: "truncated" (then how many tokens are cut), "dropped"
+    (drop_overlong) or "split" (pt packing spreads them over blocks); only truncation cuts tokens.
+    """
+    limit = cutoff_len if limit is None else limit
     values = sorted(lengths)
-    over = [v - cutoff_len for v in values if v > cutoff_len]
+    over = [v - limit for v in values if v > limit]
+    cut = over if overlong == "truncated" else []
     return {
         "samples": len(values),
         "min": values[0] if values else 0,
         **{f"p{q}": _percentile(values, q) for q in PERCENTILES},
         "max": values[-1] if values else 0,
+        "limit": limit,
         "over_cutoff": len(over),
-        "truncated_tokens_total": sum(over),
-        "truncated_tokens_max": max(over) if over else 0,
+        "overlong": overlong,
+        "truncated_tokens_total": sum(cut),
+        "truncated_tokens_max": max(cut) if cut else 0,
     }
+
+
+def _overlong(cfg) -> tuple[str, int]:
+    """What the run does with samples longer than its limit, and that limit in tokens."""
+    data, stage = cfg.data, cfg.finetune.stage
+    packing = bool(data.packing or data.neat_packing)
+    if stage == "pt":
+        # pt ignores drop_overlong; packing concatenates the texts, so nothing is cut.
+        return ("split" if data.packing is not False else "truncated"), data.cutoff_len
+    # Packed sft samples fill at most cutoff_len - 1 tokens (every block keeps one padding slot).
+    limit = data.cutoff_len - 1 if packing else data.cutoff_len
+    return ("dropped" if data.drop_overlong else "truncated"), limit
 
 
 def check(args, cfg, tokenizer, template) -> int:
@@ -159,7 +229,7 @@ def check(args, cfg, tokenizer, template) -> int:
         tokenized, dropped_tokens = tokenize_split(dataset, data, get_processor(cfg.finetune.stage, data, template,
                                                                                  tokenizer), report, name)
         result["splits"][name] = {"rows": len(dataset), "samples": len(tokenized),
-                                  "lengths": length_stats(lengths, data.cutoff_len),
+                                  "lengths": length_stats(lengths, data.cutoff_len, *_overlong(cfg)),
                                   "packing_dropped_tokens": dropped_tokens}
     seen = {}
     for entry in report.to_dict()["seen"]:
@@ -190,13 +260,21 @@ def render_check(result: dict[str, Any], report) -> str:
         stats = split["lengths"]
         lines += ["", f"Token lengths ({name}, {stats['samples']} samples, before truncation):"]
         lines.append("  " + ", ".join(f"{k} {stats[k]}" for k in ("min", *(f"p{q}" for q in PERCENTILES), "max")))
-        if stats["over_cutoff"]:
+        limit = f"cutoff_len {result['cutoff_len']}"
+        if stats["limit"] != result["cutoff_len"]:
+            limit = f"{stats['limit']} tokens (cutoff_len {result['cutoff_len']} less the padding slot of packing)"
+        if not stats["over_cutoff"]:
+            lines.append(f"  no sample exceeds {limit}")
+        elif stats["overlong"] == "dropped":
+            lines.append(f"  {stats['over_cutoff']} samples exceed {limit} and are dropped (drop_overlong)")
+        elif stats["overlong"] == "split":
+            lines.append(f"  {stats['over_cutoff']} samples exceed {limit}; packing splits them across blocks, "
+                         "so no tokens are cut")
+        else:
             lines.append(
-                f"  {stats['over_cutoff']} samples exceed cutoff_len {result['cutoff_len']} and get truncated: "
+                f"  {stats['over_cutoff']} samples exceed {limit} and get truncated: "
                 f"{stats['truncated_tokens_total']} tokens cut in all, at most {stats['truncated_tokens_max']} from one sample"
             )
-        else:
-            lines.append(f"  no sample exceeds cutoff_len {result['cutoff_len']}")
         if split["packing_dropped_tokens"]:
             lines.append(f"  packing leaves out {split['packing_dropped_tokens']} tokens after the last full block")
         lines.append(f"  {split['samples']} {name} samples after tokenization")

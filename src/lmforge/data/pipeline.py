@@ -58,13 +58,17 @@ def fill_placeholders(dataset, values: dict[str, Any] | None):
             batch[column] = [fill(text) if text else text for text in batch[column]]
         return batch
 
-    return dataset.map(apply, batched=True, desc="Filling placeholders", **_map_kwargs_for(dataset))
+    return dataset.map(apply, batched=True, **_map_kwargs_for(dataset, "Filling placeholders"))
 
 
-def _map_kwargs_for(dataset) -> dict:
+def _map_kwargs_for(dataset, desc: str) -> dict:
     from datasets import IterableDataset
 
-    return {} if isinstance(dataset, IterableDataset) else {"load_from_cache_file": False}
+    if isinstance(dataset, IterableDataset):
+        # No progress description or cache there; the columns are unchanged, and saying so keeps
+        # `column_names` known for the tokenizing map that removes them.
+        return {"features": dataset.features} if dataset.features is not None else {}
+    return {"load_from_cache_file": False, "desc": desc}
 
 
 def load_aligned(cfg: RunConfig, report: DropReport, stage: str):
@@ -93,8 +97,9 @@ def tokenize_split(dataset, data_args: DataArguments, processor, report: DropRep
             desc=f"Tokenizing {name}",
         )
     else:
-        kwargs["batch_size"] = data_args.preprocessing_batch_size
-    tokenized = dataset.map(processor, **kwargs)
+        # A streamed map wants Python lists back, not the pyarrow table that `processor(batch)` gives.
+        kwargs.update(batch_size=data_args.preprocessing_batch_size, features=processor.features)
+    tokenized = dataset.map(processor.process if streaming else processor, **kwargs)
     dropped_tokens = 0
     if not streaming and "_dropped_tokens" in tokenized.column_names:
         dropped_tokens = dropped_tail_tokens(tokenized)
@@ -116,11 +121,10 @@ def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, g
     data = cfg.data
     stage = stage or cfg.finetune.stage
     if data.tokenized_path and Path(data.tokenized_path).exists() and not data.overwrite_cache:
-        from lmforge.data.tokenized import load_tokenized
-
-        logger.info(f"Loading the tokenized dataset from {data.tokenized_path} (dataset settings are not used).")
-        saved = load_tokenized(data.tokenized_path)
-        return DatasetModule(train_dataset=saved.train, eval_dataset=saved.eval_by_name or saved.eval)
+        return _load_saved(data, stage, template, tokenizer, generate_eval)
+    if data.tokenized_path and data.streaming:
+        # Refuse before loading and tokenizing anything.
+        raise UserError("tokenized_path cannot be used with streaming: a stream cannot be saved.")
 
     module = DatasetModule()
     aligned = load_aligned(cfg, module.report, stage)
@@ -139,8 +143,6 @@ def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, g
         logger.warning(line)
 
     if data.tokenized_path:
-        if data.streaming:
-            raise UserError("tokenized_path cannot be used with streaming: a stream cannot be saved.")
         from lmforge.data.tokenized import save_tokenized
 
         save_tokenized(tokenized, data.tokenized_path, overwrite=True)
@@ -150,6 +152,31 @@ def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, g
     evals = {k[len(EVAL) + 1:]: v for k, v in tokenized.items() if k.startswith(EVAL + "_")}
     module.eval_dataset = evals or tokenized.get(EVAL)
     return module
+
+
+def _load_saved(data: DataArguments, stage: str, template, tokenizer, generate_eval: bool) -> DatasetModule:
+    """The splits saved in `tokenized_path`, refused when their columns do not fit this run's processors."""
+    from lmforge.data.processors import get_processor
+    from lmforge.data.tokenized import load_tokenized
+
+    logger.info(f"Loading the tokenized dataset from {data.tokenized_path} (dataset settings are not used).")
+    saved = load_tokenized(data.tokenized_path)
+    evals = {f"{EVAL}_{name}": ds for name, ds in saved.eval_by_name.items()}
+    if saved.eval is not None:
+        evals[EVAL] = saved.eval
+    for name, dataset in ((TRAIN, saved.train), *evals.items()):
+        if dataset is None:
+            continue
+        # A folder saved by a run with another stage or packing setting would fail later, in the collator.
+        expected = sorted(get_processor(stage, data, template, tokenizer,
+                                        do_generate=generate_eval and name != TRAIN).model_columns)
+        if sorted(dataset.column_names) != expected:
+            raise UserError(
+                f"tokenized_path '{data.tokenized_path}' split '{name}' was saved with columns "
+                f"{sorted(dataset.column_names)}, but this run (stage {stage}) needs {expected}. "
+                "Delete the folder, set overwrite_cache: true to rebuild it, or choose another tokenized_path."
+            )
+    return DatasetModule(train_dataset=saved.train, eval_dataset=saved.eval_by_name or saved.eval)
 
 
 def prepare_template(data_args: DataArguments, tokenizer):

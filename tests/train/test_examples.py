@@ -1,0 +1,26 @@
+"""Every YAML in examples/ trains, with the tiny model in place of its hub model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import DATA_DIR
+from tests.train.conftest import EXAMPLES, train
+
+YAMLS = sorted(EXAMPLES.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=[str(p.relative_to(EXAMPLES)) for p in YAMLS])
+def test_example_trains(path, tiny_llama_dir, tiny_qwen_dir, tmp_path):
+    settings = yaml.safe_load(path.read_text())
+    if "stage" not in settings:
+        pytest.fail(f"{path} is not a training config; add a test for its command")
+    model = tiny_qwen_dir if settings.get("template", "qwen").startswith("qwen") else tiny_llama_dir
+    out = tmp_path / "run"
+    train(str(path), f"model_name_or_path={model}", f"output_dir={out}", "max_steps=2", "save_steps=1000",
+          "bf16=false", "logging_steps=1", "cutoff_len=256", f"dataset_dir={DATA_DIR}")
+    assert json.loads((out / "lmforge_run.json").read_text())["stage"] == settings["stage"]
+    assert (out / "trainer_state.json").is_file()
