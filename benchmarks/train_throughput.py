@@ -53,6 +53,8 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, str], dict]] = {
     "pad_to_cutoff": ("every batch padded to cutoff_len (naive pipeline)", {}, {"pad_to_cutoff": True}),
     "eager_attention": ("flash_attn=disabled (eager attention) instead of SDPA", {"flash_attn": "disabled"}, {}),
     "packing": ("packing=true (cutoff_len blocks)", {"packing": "true"}, {}),
+    "packing_eager": ("packing=true with eager attention: SDPA's effect on 1024-token rows",
+                      {"packing": "true", "flash_attn": "disabled"}, {}),
     "neat_packing": ("neat_packing=true (block-diagonal 4D mask)", {"neat_packing": "true"}, {}),
     "no_grad_ckpt": ("disable_gradient_checkpointing=true", {"disable_gradient_checkpointing": "true"}, {}),
 }
@@ -61,12 +63,14 @@ QWEN_CONFIGS: dict[str, tuple[str, dict[str, str], dict]] = {
     "pad_to_cutoff": ("every batch padded to cutoff_len (naive pipeline)", {}, {"pad_to_cutoff": True}),
     "packing": ("packing=true (cutoff_len blocks)", {"packing": "true"}, {}),
     "no_grad_ckpt": ("disable_gradient_checkpointing=true", {"disable_gradient_checkpointing": "true"}, {}),
-    "bf16": ("bf16=true (bf16 weights + autocast)", {"bf16": "true"}, {}),
+    # Skipped on a CPU without native bf16 (AVX2-only: measured 0.03x of fp32, ~9 minutes for 3 steps)
+    # unless asked for with --configs bf16.
+    "bf16": ("bf16=true (bf16 weights + autocast)", {"bf16": "true"}, {"needs_native_bf16": True}),
 }
 MODELS = {
     # model key -> (tiny-model arch, size, template, batch size, default steps, configs)
-    "tiny": ("llama", "tiny", "llama3", 4, 30, TINY_CONFIGS),
-    "0.5b": ("qwen2", "0.5b", "qwen", 2, 4, QWEN_CONFIGS),
+    "tiny": ("llama", "tiny", "llama3", 4, 20, TINY_CONFIGS),
+    "0.5b": ("qwen2", "0.5b", "qwen", 1, 3, QWEN_CONFIGS),
 }
 CUTOFF_LEN = 1024
 
@@ -102,6 +106,9 @@ def run_child(spec: dict) -> dict:
     os.environ.setdefault("LMFORGE_PROGRESS", "0")
     import torch
     from transformers import TrainerCallback
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
 
     import lmforge.train.sft as sft_module
     from lmforge.config import parse_config
@@ -203,6 +210,15 @@ def run_child(spec: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 # parent: build models, spawn children, tabulate
 # ------------------------------------------------------------------------------------------------
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX); without them bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def machine_info() -> dict:
     import importlib.metadata as md
 
@@ -231,6 +247,7 @@ def machine_info() -> dict:
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
         "memory_gib": mem_gib,
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         **versions,
@@ -287,9 +304,12 @@ def run_config(spec: dict, work: Path) -> dict:
     spec_path.write_text(json.dumps(spec))
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
+    env = dict(os.environ)
+    if spec.get("threads"):
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec["threads"])
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path), "--result", str(result_path)],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
@@ -309,16 +329,16 @@ RATIO_KEYS = ("tokens_per_s", "samples_per_s", "s_per_step_mean", "peak_rss_gib"
 
 def add_ratios(results: dict) -> None:
     base = results.get("baseline")
-    if not base or "error" in base:
+    if not base or "tokens_per_s" not in base:
         return
     for res in results.values():
-        if "error" in res:
+        if "tokens_per_s" not in res:
             continue
         res["vs_baseline"] = {k: round(res[k] / base[k], 3) for k in RATIO_KEYS if base.get(k)}
 
 
 def best_of(runs: list[dict]) -> dict:
-    ok = [r for r in runs if "error" not in r]
+    ok = [r for r in runs if "error" not in r and "skipped" not in r]
     if not ok:
         return runs[-1]
     best = dict(max(ok, key=lambda r: r["tokens_per_s"]))
@@ -332,15 +352,17 @@ def markdown_table(model_key: str, group: dict) -> str:
     results = group["results"]
     lines = [
         f"**{model_key}** ({group['model']}, template {group['template']}, batch {group['batch_size']}, "
-        f"cutoff {CUTOFF_LEN}, {group['steps']} steps = 1 warm-up + {group['steps'] - 1} timed, {group['device']})",
+        f"cutoff {CUTOFF_LEN}, {group['steps']} steps = 1 warm-up + {group['steps'] - 1} timed, {group['device']}, "
+        f"{group['threads'] or 'default'} thread(s), best of {group['repeats']})",
         "",
         "| config | tokens/s | x base | samples/s | x base | pad frac | s/step mean (median) | CPU s/step "
         "| peak RSS GiB | x base | lmforge-reported tokens/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, res in results.items():
-        if "error" in res:
-            lines.append(f"| {name} | failed: {res['error']} | | | | | | | | | |")
+        if "tokens_per_s" not in res:
+            why = f"skipped: {res['skipped']}" if "skipped" in res else f"failed: {res.get('error')}"
+            lines.append(f"| {name} | {why} | | | | | | | | | |")
             continue
         ratio = res.get("vs_baseline", {})
         lines.append(
@@ -363,11 +385,21 @@ def run_model(model_key: str, args, root: Path) -> dict:
     model_dir, build_s = build_model(arch, size, root)
     group = {"model": f"{arch} {size}", "template": template, "batch_size": batch, "steps": steps,
              "cutoff_len": CUTOFF_LEN, "device": args.device, "bf16_everywhere": args.bf16,
-             "model_build_s": round(build_s, 1), "repeats": args.repeats, "configs": {}, "results": {}}
+             "model_build_s": round(build_s, 1), "repeats": args.repeats, "threads": args.threads,
+             "configs": {}, "results": {}}
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
     try:
-        for name, (desc, overrides, options) in configs.items():
-            runs = []
-            for repeat in range(args.repeats):
+        # Repeats are interleaved (all configurations, then again), so a burst of load on a shared
+        # machine does not hit every run of one configuration.
+        for repeat in range(args.repeats):
+            for name, (desc, overrides, options) in configs.items():
+                group["configs"][name] = {"description": desc, "overrides": overrides, "options": options}
+                if (options.get("needs_native_bf16") and args.device == "cpu" and not cpu_has_native_bf16()
+                        and not (args.configs and name in args.configs)):
+                    reason = "CPU without AVX512-BF16/AMX: bf16 is emulated (run with --configs bf16 to measure)"
+                    runs[name].append({"skipped": reason})
+                    print(f"[{model_key}] {name}: skipped ({reason})", file=sys.stderr, flush=True)
+                    continue
                 work = Path(tempfile.mkdtemp(prefix=f"{model_key}-{name}-", dir=root))
                 spec = {
                     "argv": config_argv(model_dir, template, batch, steps, overrides, work / "out", args.device,
@@ -375,6 +407,7 @@ def run_model(model_key: str, args, root: Path) -> dict:
                     "options": options,
                     "cutoff_len": CUTOFF_LEN,
                     "device": args.device,
+                    "threads": args.threads,
                 }
                 print(f"[{model_key}] {name} (run {repeat + 1}/{args.repeats}) ...", file=sys.stderr, flush=True)
                 res = run_config(spec, work)
@@ -383,11 +416,12 @@ def run_model(model_key: str, args, root: Path) -> dict:
                 else:
                     print(f"[{model_key}] {name}: {res['tokens_per_s']:.1f} tok/s, {res['s_per_step_mean']:.3f} s/step, "
                           f"pad {res['padding_fraction']:.3f}, RSS {res['peak_rss_gib']:.2f} GiB, "
-                          f"child {res['child_wall_s']:.0f} s", file=sys.stderr, flush=True)
-                runs.append(res)
+                          f"child {res['child_wall_s']:.0f} s, load {res['loadavg_1m_before']}", file=sys.stderr,
+                          flush=True)
+                runs[name].append(res)
                 shutil.rmtree(work, ignore_errors=True)
-            group["configs"][name] = {"description": desc, "overrides": overrides, "options": options}
-            group["results"][name] = best_of(runs)
+        for name in configs:
+            group["results"][name] = best_of(runs[name])
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
     add_ratios(group["results"])
@@ -398,13 +432,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["tiny", "0.5b", "all"], default="tiny")
     parser.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps per configuration, the first is warm-up (default: tiny 30, 0.5b 4)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: tiny 4, 0.5b 2")
+                        help="optimizer steps per configuration, the first is warm-up (default: tiny 20, 0.5b 3)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: tiny 4, 0.5b 1")
     parser.add_argument("--configs", nargs="*", default=None, help="only these configurations (plus baseline)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration; the fastest is kept")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cuda is accepted for a GPU run but untested where these results were taken")
     parser.add_argument("--bf16", action="store_true", help="bf16=true in every configuration (for GPU runs)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch / OpenMP threads in each child (default: torch's default, one per core)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=None, help="write the raw results JSON here")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)

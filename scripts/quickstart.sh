@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The README quick start: build the tiny model, look at the identity data through its template.
+# The README quick start: build the tiny model, check the identity data, teach the model its
+# name with LoRA, then ask it who it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 LMFORGE=.venv/bin/lmforge
+CONFIG=examples/train_lora/tiny_llama_lora_sft.yaml
 
 [ -f models/tiny-llama/config.json ] || $LMFORGE tiny-model models/tiny-llama --arch llama
-$LMFORGE data check examples/train_lora/tiny_llama_lora_sft.yaml
-$LMFORGE data preview examples/train_lora/tiny_llama_lora_sft.yaml --num 2
+$LMFORGE data check $CONFIG
+$LMFORGE data preview $CONFIG --num 1
+$LMFORGE train $CONFIG
+echo
+echo "Who are you?  ->  $(echo 'Who are you?' | $LMFORGE chat model_name_or_path=saves/tiny-llama/lora/sft do_sample=false)"

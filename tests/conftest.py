@@ -47,3 +47,18 @@ def qwen_tokenizer(tiny_qwen_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_qwen_dir)
+
+
+QUICKSTART = REPO_ROOT / "examples" / "train_lora" / "tiny_llama_lora_sft.yaml"
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The README quick start, run once: LoRA sft of the tiny Llama on identity with the name filled in."""
+    from lmforge.config import parse_config
+    from lmforge.train.run import run
+
+    out = tmp_path_factory.mktemp("quickstart") / "run"
+    run(parse_config("train", [str(QUICKSTART), f"model_name_or_path={tiny_llama_dir}", f"output_dir={out}",
+                               f"dataset_dir={DATA_DIR}"]))
+    return out

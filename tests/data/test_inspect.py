@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import main
+from lmforge.utils.logging import get_logger
 from tests.conftest import DATA_DIR, REPO_ROOT, SHARED_DATA_DIR
 
 SHAREGPT = {"formatting": "sharegpt", "columns": {"messages": "conversations"}}
@@ -25,7 +26,17 @@ ASSISTANT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `lmforge data ...`."""
-    code = main(["data", *argv])
+    # lmforge's log handler keeps the sys.stderr it was made with, which may be an earlier test's
+    # capture, closed since: let it write to this call's stderr. (setStream would flush the closed one.)
+    handlers = [h for h in get_logger("lmforge").handlers if type(h) is logging.StreamHandler]
+    streams = [h.stream for h in handlers]
+    for handler in handlers:
+        handler.stream = sys.stderr
+    try:
+        code = main(["data", *argv])
+    finally:
+        for handler, stream in zip(handlers, streams, strict=True):
+            handler.stream = stream
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -52,17 +63,6 @@ CHAT_ROWS = [
 NOTES_ROWS = [{"instruction": "note", "output": "kept"}, {"instruction": "again", "output": "also kept"}]
 
 
-@pytest.fixture(autouse=True)
-def log_to_this_tests_stderr(capsys, monkeypatch):
-    """lmforge's log handler keeps the sys.stderr it was made with (maybe an earlier test's closed
-    capture): point it at this test's. (`setStream` would flush the old, closed stream.)"""
-    from lmforge.utils.logging import get_logger
-
-    for handler in get_logger("lmforge").handlers:
-        if type(handler) is logging.StreamHandler:  # not pytest's own capture handlers
-            monkeypatch.setattr(handler, "stream", sys.stderr)
-
-
 @pytest.fixture()
 def small_data(data_dir) -> Path:
     """`chat` (sharegpt, rows 1 and 2 invalid, row 3 long) and `notes` (alpaca, all valid)."""
@@ -77,14 +77,22 @@ def base(tiny_llama_dir) -> list[str]:
 
 # ---- preview ------------------------------------------------------------------------------------
 
-PREVIEW_IDENTITY = f"""\
+PREVIEW_IDENTITY = """\
 Template: llama3   cutoff_len: 64   (trained text inside [[ ]])
 
 --- sample 1: identity row 0 (41 tokens, 24 trained) ---
-<|begin_of_text|>{USER}hi<|eot_id|>{ASSISTANT}[[Hi there! I'm {{{{name}}}}, an AI assistant built by {{{{author}}}}. What can I do for you?<|eot_id|>]]
+<|begin_of_text|><|start_header_id|>user<|end_header_id|>
+
+hi<|eot_id|><|start_header_id|>assistant<|end_header_id|>
+
+[[Hi there! I'm {{name}}, an AI assistant built by {{author}}. What can I do for you?<|eot_id|>]]
 
 --- sample 2: identity row 1 (34 tokens, 18 trained) ---
-<|begin_of_text|>{USER}你好<|eot_id|>{ASSISTANT}[[你好！我是{{{{name}}}}，由{{{{author}}}}开发的人工智能助手。请问有什么可以帮你？<|eot_id|>]]
+<|begin_of_text|><|start_header_id|>user<|end_header_id|>
+
+你好<|eot_id|><|start_header_id|>assistant<|end_header_id|>
+
+[[你好！我是{{name}}，由{{author}}开发的人工智能助手。请问有什么可以帮你？<|eot_id|>]]
 """
 
 
@@ -95,7 +103,7 @@ def test_preview_renders_the_first_samples_with_the_trained_text_marked(capsys, 
     assert out == PREVIEW_IDENTITY
 
 
-def test_preview_json_has_one_entry_per_sample(capsys, base):
+def test_preview_json_has_one_entry_per_sample(capsys, base, llama_tokenizer):
     code, out, _ = run(capsys, "preview", *base, "dataset=identity", f"dataset_dir={DATA_DIR}", "cutoff_len=64",
                        'placeholders={"name":"ForgeBot","author":"Team"}', "--json", "--num=2")
     assert code == 0
@@ -109,12 +117,15 @@ def test_preview_json_has_one_entry_per_sample(capsys, base):
         "dataset": "identity",
         "row": 0,
         "dropped": None,
-        "tokens": 39,
-        "trained_tokens": 22,
+        "tokens": 45,
+        "trained_tokens": 28,
         "text": f"<|begin_of_text|>{USER}hi<|eot_id|>{ASSISTANT}"
         "[[Hi there! I'm ForgeBot, an AI assistant built by Team. What can I do for you?<|eot_id|>]]",
     }
-    assert [(s["row"], s["tokens"], s["trained_tokens"]) for s in result["samples"]] == [(0, 39, 22), (1, 34, 18)]
+    assert [(s["row"], s["tokens"], s["trained_tokens"]) for s in result["samples"]] == [(0, 45, 28), (1, 35, 19)]
+    # The trained tokens are the answer's and its <|eot_id|>.
+    answer = "Hi there! I'm ForgeBot, an AI assistant built by Team. What can I do for you?"
+    assert len(llama_tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1 == 28
 
 
 def test_preview_skips_rows_that_fail_conversion(capsys, base, small_data):
@@ -132,15 +143,19 @@ def test_preview_skips_rows_that_fail_conversion(capsys, base, small_data):
     )
 
 
-def test_preview_when_the_first_rows_are_all_invalid(capsys, base, small_data):
-    code, out, _ = run(capsys, "preview", *base, "dataset=chat", f"dataset_dir={small_data}", "--json",
-                       "--num", "1", "--split", "train")
+def test_preview_when_the_first_rows_are_all_invalid(capsys, base, data_dir):
+    rows = [{"conversations": turns("a", "b", "c")}, {"conversations": turns("d")}, *CHAT_ROWS[:1]]
+    root = data_dir({"late": {"file_name": "late.json", **SHAREGPT}}, {"late.json": rows})
+    code, out, _ = run(capsys, "preview", *base, "dataset=late", f"dataset_dir={root}", "--json", "--num", "1")
     assert code == 0
-    samples = json.loads(out)["samples"]
-    assert [(s["row"], s["tokens"]) for s in samples] == [(0, 21)]
-    code, out, err = run(capsys, "preview", *base, "dataset=chat", f"dataset_dir={small_data}", "max_samples=3",
-                         "--json", "--num", "3")
-    # max_samples of the config still holds: only rows 0-2 are read, and row 0 is their only valid one.
+    assert [(s["dataset"], s["row"], s["tokens"]) for s in json.loads(out)["samples"]] == [("late", 2, 21)]
+
+
+def test_preview_keeps_the_max_samples_of_the_config(capsys, base, small_data):
+    # Only rows 0-2 are read, and row 0 is their only valid one.
+    code, out, _ = run(capsys, "preview", *base, "dataset=chat", f"dataset_dir={small_data}", "max_samples=3",
+                       "--json", "--num", "3")
+    assert code == 0
     assert [s["row"] for s in json.loads(out)["samples"]] == [0]
 
 
@@ -277,7 +292,8 @@ def test_check_sft_packing_measures_against_the_packed_capacity(capsys, base, sm
                        "packing=true", "--json")
     lengths = json.loads(out)["splits"]["train"]["lengths"]
     # Packed samples fill at most cutoff_len - 1 tokens, so the 22-token sample loses one.
-    assert (lengths["max"], lengths["limit"], lengths["over_cutoff"], lengths["truncated_tokens_total"]) == (22, 21, 1, 1)
+    assert (lengths["max"], lengths["limit"]) == (22, 21)
+    assert (lengths["over_cutoff"], lengths["truncated_tokens_total"]) == (1, 1)
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -305,7 +321,9 @@ def test_unknown_dataset_suggests_the_closest_name(capsys, base, small_data):
 def test_unknown_config_key_suggests_the_closest_key(capsys, base):
     code, out, err = run(capsys, "check", *base, "dataset=identity", "cutof_len=64")
     assert (code, out) == (1, "")
-    assert error_lines(err) == ["lmforge data: error: Config error: unknown key 'cutof_len'. Did you mean 'cutoff_len'?"]
+    assert error_lines(err) == [
+        "lmforge data: error: Config error: unknown key 'cutof_len'. Did you mean 'cutoff_len'?"
+    ]
 
 
 def test_missing_model_folder(capsys, tmp_path):

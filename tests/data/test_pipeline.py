@@ -109,7 +109,9 @@ def test_generate_eval_gives_prompt_only_inputs_and_the_answer_as_labels(tiny_ll
     _, module = build(tiny_llama_dir, "dataset=identity", "eval_dataset=identity", PLACEHOLDERS, generate_eval=True)
     assert len(module.eval_dataset) == 96
     first = module.eval_dataset[0]
-    assert tokenizer.decode(first["input_ids"]) == f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>{ASSISTANT_HEADER}"
+    assert tokenizer.decode(first["input_ids"]) == (
+        f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>{ASSISTANT_HEADER}"
+    )
     assert tokenizer.decode(first["labels"]) == (
         "Hi there! I'm ForgeBot, an AI assistant built by Team. What can I do for you?<|eot_id|>"
     )

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import DATA_DIR, REPO_ROOT
+from tests.conftest import DATA_DIR, QUICKSTART, REPO_ROOT  # noqa: F401 (QUICKSTART is used by the tests)
 
 EXAMPLES = REPO_ROOT / "examples"
-QUICKSTART = EXAMPLES / "train_lora" / "tiny_llama_lora_sft.yaml"
 
 
 def train(*args: str) -> dict:
@@ -58,11 +55,3 @@ def load_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
-
-
-@pytest.fixture(scope="session")
-def quickstart_run(tiny_llama_dir, tmp_path_factory) -> Path:
-    """The README quick start, run once: LoRA sft of the tiny Llama on identity with the name filled in."""
-    out = tmp_path_factory.mktemp("quickstart") / "run"
-    train(str(QUICKSTART), f"model_name_or_path={tiny_llama_dir}", f"output_dir={out}", f"dataset_dir={DATA_DIR}")
-    return out

@@ -15,7 +15,6 @@ class ModelArguments:
     adapter_name_or_path: list[str] | None = field(
         default=None, metadata={"help": "LoRA adapter folders or hub ids, comma-separated; applied in order."}
     )
-    adapter_folder: str | None = field(default=None, metadata={"help": "Folder holding adapter weights to load."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads are cached."})
     use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (Rust) tokenizer."})
     resize_vocab: bool = field(default=False, metadata={"help": "Resize the embeddings when tokens are added."})
@@ -29,11 +28,12 @@ class ModelArguments:
     disable_gradient_checkpointing: bool = field(default=False, metadata={"help": "Turn gradient checkpointing off."})
     use_reentrant_gc: bool = field(default=True, metadata={"help": "Use reentrant gradient checkpointing."})
     upcast_layernorm: bool = field(default=False, metadata={"help": "Keep layer norms in float32."})
-    upcast_lmhead_output: bool = field(default=False, metadata={"help": "Compute the output head in float32."})
     train_from_scratch: bool = field(default=False, metadata={"help": "Initialise weights randomly from the config."})
     infer_backend: str = field(default="huggingface", metadata={"help": "Inference engine: huggingface, vllm or llamacpp."})
-    offload_folder: str = field(default="offload", metadata={"help": "Where offloaded weights go."})
     use_kv_cache: bool = field(default=True, metadata={"help": "Use the KV cache during generation."})
+    merge_adapters: bool = field(
+        default=False, metadata={"help": "Inference: merge LoRA adapters into the weights instead of applying them on the fly."}
+    )
     infer_dtype: str = field(default="auto", metadata={"help": "Inference dtype: auto, float16, bfloat16 or float32."})
     hf_hub_token: str | None = field(default=None, metadata={"help": "Hugging Face Hub token."})
     ms_hub_token: str | None = field(default=None, metadata={"help": "ModelScope Hub token."})

@@ -131,7 +131,8 @@ def _preview_rows(args, cfg) -> list[dict[str, Any]]:
 
 def _require(args, names: list[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not names:
-        raise UserError(f"This config has no {args.split} split (set {'eval_dataset or val_size' if args.split == 'eval' else 'dataset'}).")
+        fix = "eval_dataset or val_size" if args.split == "eval" else "dataset"
+        raise UserError(f"This config has no {args.split} split (set {fix}).")
     return rows
 
 
@@ -172,7 +173,9 @@ def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[index]
 
 
-def length_stats(lengths: list[int], cutoff_len: int, overlong: str = "truncated", limit: int | None = None) -> dict[str, Any]:
+def length_stats(
+    lengths: list[int], cutoff_len: int, overlong: str = "truncated", limit: int | None = None
+) -> dict[str, Any]:
     """Length percentiles and how many samples are longer than `limit` (default cutoff_len).
 
     `overlong` says what happens to them: "truncated" (then how many tokens are cut), "dropped"
@@ -197,13 +200,12 @@ def length_stats(lengths: list[int], cutoff_len: int, overlong: str = "truncated
 
 def _overlong(cfg) -> tuple[str, int]:
     """What the run does with samples longer than its limit, and that limit in tokens."""
-    data, stage = cfg.data, cfg.finetune.stage
-    packing = bool(data.packing or data.neat_packing)
-    if stage == "pt":
-        # pt ignores drop_overlong; packing concatenates the texts, so nothing is cut.
-        return ("split" if data.packing is not False else "truncated"), data.cutoff_len
+    data = cfg.data
+    if cfg.finetune.stage == "pt":
+        # pt ignores drop_overlong; packing (its default) concatenates the texts, so nothing is cut.
+        return ("truncated" if data.packing is False else "split"), data.cutoff_len
     # Packed sft samples fill at most cutoff_len - 1 tokens (every block keeps one padding slot).
-    limit = data.cutoff_len - 1 if packing else data.cutoff_len
+    limit = data.cutoff_len - 1 if data.packing or data.neat_packing else data.cutoff_len
     return ("dropped" if data.drop_overlong else "truncated"), limit
 
 

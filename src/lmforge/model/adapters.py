@@ -100,14 +100,17 @@ def setup_freeze(model, ft: FinetuningArguments) -> list[str]:
     return trainable
 
 
-def _check_adapter(path: str, base_path: str | None) -> dict:
+def check_adapter(path: str, base_path: str | None = None) -> dict:
+    """The adapter's config, or a clear error when `path` holds no LoRA adapter."""
     config_file = Path(path) / "adapter_config.json"
     if not config_file.is_file():
         raise UserError(
             f"Adapter '{path}' not found: expected {config_file}. Point adapter_name_or_path at a LoRA training output_dir."
         )
-    config = json.loads(config_file.read_text())
-    return config
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{config_file} is not valid JSON; the adapter folder is damaged.") from None
 
 
 def load_adapters(model, model_args: ModelArguments, trainable_last: bool, merge: bool):
@@ -116,7 +119,7 @@ def load_adapters(model, model_args: ModelArguments, trainable_last: bool, merge
 
     paths = model_args.adapter_name_or_path or []
     for i, path in enumerate(paths):
-        config = _check_adapter(path, model_args.model_name_or_path)
+        config = check_adapter(path, model_args.model_name_or_path)
         last = i == len(paths) - 1
         try:
             model = PeftModel.from_pretrained(model, path, is_trainable=trainable_last and last)

@@ -112,7 +112,29 @@ def quantization_config(model_args: ModelArguments, compute_dtype):
     )
 
 
-def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, device_map=None):
+def _apply_rope_scaling(config, model_args: ModelArguments, max_length: int | None) -> None:
+    """Stretch RoPE so the model covers `max_length` tokens (the factor is max_length / native length)."""
+    import math
+
+    native = getattr(config, "max_position_embeddings", None)
+    if not native or not max_length or max_length <= native:
+        raise UserError(
+            f"rope_scaling needs cutoff_len ({max_length}) above the model's native length ({native}); "
+            "remove rope_scaling or raise cutoff_len."
+        )
+    factor = float(math.ceil(max_length / native))
+    scaling = {"rope_type": model_args.rope_scaling, "factor": factor}
+    if model_args.rope_scaling in ("dynamic", "yarn", "llama3"):
+        scaling["original_max_position_embeddings"] = native
+    if model_args.rope_scaling == "llama3":
+        scaling.update(low_freq_factor=1.0, high_freq_factor=4.0)
+    # transformers 5 keeps RoPE settings (rope_theta included) in `rope_parameters`.
+    config.rope_parameters = {**(getattr(config, "rope_parameters", None) or {}), **scaling}
+    config.max_position_embeddings = native * int(factor)
+
+
+def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, device_map=None,
+               max_length: int | None = None):
     """Load the causal LM of `model_args.model_name_or_path` (weights, or random from its config)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -131,7 +153,7 @@ def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, de
     elif device_map is not None:
         kwargs["device_map"] = device_map
     if model_args.rope_scaling:
-        config.rope_scaling = {"rope_type": model_args.rope_scaling, "factor": 2.0}
+        _apply_rope_scaling(config, model_args, max_length)
     if model_args.train_from_scratch:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
     else:

@@ -31,7 +31,7 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
     from lmforge.model.loader import load_model
 
     trainable = cfg.train.do_train
-    model = load_model(cfg.model, tokenizer, compute_dtype(cfg), trainable=trainable)
+    model = load_model(cfg.model, tokenizer, compute_dtype(cfg), trainable=trainable, max_length=cfg.data.cutoff_len)
     if trainable and not cfg.model.disable_gradient_checkpointing:
         # Recompute activations in the backward pass: much less memory for a little more compute.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": cfg.model.use_reentrant_gc})
@@ -39,7 +39,29 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
     stop_ids = template.stop_token_ids(tokenizer)
     model.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return init_adapter(model, cfg.model, cfg.finetune, trainable=trainable)
+    if trainable and cfg.model.upcast_layernorm:
+        import torch
+
+        for name, param in model.named_parameters():
+            if param.ndim == 1 and "norm" in name:
+                param.data = param.data.to(torch.float32)
+    model = init_adapter(model, cfg.model, cfg.finetune, trainable=trainable)
+    if cfg.model.print_param_status:
+        for name, param in model.named_parameters():
+            print(f"name: {name}, dtype: {param.dtype}, device: {param.device}, trainable: {param.requires_grad}")
+    return model
+
+
+def training_callbacks(cfg: RunConfig, resume_from: str | None, extra=()) -> list:
+    """The log/progress callback, early stopping when asked, and the caller's own callbacks."""
+    from lmforge.train.callbacks import LogCallback
+
+    callbacks = [LogCallback(cfg.train.output_dir, resuming=resume_from is not None)]
+    if cfg.finetune.early_stopping_steps:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.finetune.early_stopping_steps))
+    return [*callbacks, *extra]
 
 
 def save_final(trainer, tokenizer, output_dir: Path) -> list[str]:

@@ -10,8 +10,7 @@ from lmforge.data.collator import PretrainDataCollator
 from lmforge.data.pipeline import get_dataset, prepare_template
 from lmforge.model.loader import load_tokenizer
 from lmforge.train.args import build_training_args
-from lmforge.train.callbacks import LogCallback
-from lmforge.train.common import finish, load_trainable_model
+from lmforge.train.common import training_callbacks, finish, load_trainable_model
 from lmforge.train.trainer import ForgeTrainer
 
 if TYPE_CHECKING:
@@ -31,7 +30,8 @@ def run_pt(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
         eval_dataset=dataset.eval_dataset,
         data_collator=PretrainDataCollator.from_tokenizer(tokenizer, pad_to_multiple_of=8),
         processing_class=tokenizer,
-        callbacks=[LogCallback(cfg.train.output_dir, resuming=resume_from is not None), *callbacks],
+        callbacks=training_callbacks(cfg, resume_from, callbacks),
+        finetuning_args=cfg.finetune,
     )
     trainer.remove_callback(PrinterCallback)  # LogCallback prints progress; no raw dicts on the console
     return finish(cfg, trainer, tokenizer, template, dataset, resume_from)

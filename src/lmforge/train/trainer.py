@@ -18,6 +18,23 @@ class ForgeTrainer(Seq2SeqTrainer):
     complete, so a run killed while saving leaves the previous checkpoints and no partial one.
     """
 
+    def __init__(self, *args, finetuning_args=None, **kwargs):
+        self.finetuning_args = finetuning_args
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.finetuning_args is not None and self.finetuning_args.disable_shuffling:
+            import torch
+
+            return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+        return super()._get_train_sampler(train_dataset)
+
+    def create_optimizer(self, model=None):
+        ratio = self.finetuning_args.loraplus_lr_ratio if self.finetuning_args is not None else None
+        if self.optimizer is None and ratio:
+            self.optimizer = _loraplus_optimizer(self, self.model if model is None else model, ratio)
+        return super().create_optimizer(model)
+
     def _save_checkpoint(self, model, trial):
         final_dir = Path(self.args.output_dir)
         name = f"checkpoint-{self.state.global_step}"
@@ -57,3 +74,28 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+def _loraplus_optimizer(trainer, model, ratio: float):
+    """LoRA+: the B matrices learn `ratio` times faster than the A matrices (embedding adapters slower)."""
+    from transformers import Trainer
+
+    args = trainer.args
+    lr = args.learning_rate
+    embedding_lr = trainer.finetuning_args.loraplus_lr_embedding
+    decay = set(trainer.get_decay_parameter_names(model))
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if "lora_embedding_B" in name or "lora_embedding_A" in name:
+            group_lr = embedding_lr
+        elif "lora_B" in name or param.ndim == 1:
+            group_lr = lr * ratio if "lora_B" in name else lr
+        else:
+            group_lr = lr
+        weight_decay = args.weight_decay if name in decay else 0.0
+        groups.setdefault((group_lr, weight_decay), []).append(param)
+    optim_cls, optim_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    param_groups = [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
+    return optim_cls(param_groups, **optim_kwargs)

@@ -10,12 +10,24 @@ _FORMAT = "[%(levelname)s|%(asctime)s] %(name)s: %(message)s"
 _configured = False
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (it may be replaced after set-up, e.g. by tests)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the current sys.stderr always wins
+        pass
+
+
 def get_logger(name: str) -> logging.Logger:
     """A logger under the `lmforge` root, configured once."""
     global _configured
     if not _configured:
         root = logging.getLogger("lmforge")
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         root.addHandler(handler)
         root.setLevel(os.environ.get("LMFORGE_VERBOSITY", "INFO").upper())
