@@ -26,7 +26,7 @@ def build_training_args(cfg: RunConfig, resume_from: str | None):
     if train.warmup_ratio and not train.warmup_steps:
         kwargs["warmup_steps"] = train.warmup_ratio  # transformers 5 reads a float below 1 as a ratio
     if train.logging_dir:
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", train.logging_dir)
+        os.environ["TENSORBOARD_LOGGING_DIR"] = train.logging_dir  # how transformers 5 reads it
     kwargs["resume_from_checkpoint"] = resume_from
     kwargs["remove_unused_columns"] = False  # our collators need every processed column
     kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
@@ -45,6 +45,11 @@ def build_training_args(cfg: RunConfig, resume_from: str | None):
         kwargs.setdefault("dataloader_pin_memory", False)
     if "ddp_find_unused_parameters" not in kwargs and cfg.finetune.finetuning_type == "lora":
         kwargs["ddp_find_unused_parameters"] = False
+    if "activation_checkpointing" in _hf_fields():
+        # transformers 5 renamed the flag; passing the old name only adds a deprecation warning.
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing") or kwargs.get(
+            "activation_checkpointing", False)
+    _check_reporters(kwargs.get("report_to"))
     unknown = set(kwargs) - _hf_fields()
     for key in unknown:
         kwargs.pop(key)
@@ -58,3 +63,21 @@ def _hf_fields() -> set[str]:
     from transformers import Seq2SeqTrainingArguments
 
     return {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments) if f.init}
+
+
+_REPORTER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "swanlab": "swanlab",
+                      "trackio": "trackio", "comet_ml": "comet_ml", "clearml": "clearml"}
+
+
+def _check_reporters(report_to) -> None:
+    """Fail before training when a logger in report_to is not installed (instead of deep in the Trainer)."""
+    import importlib.util
+
+    for name in report_to or []:
+        if name in ("none", "all"):
+            continue
+        package = _REPORTER_PACKAGES.get(name)
+        if package is None:
+            continue  # transformers validates the remaining names itself
+        if importlib.util.find_spec(package) is None:
+            raise UserError(f"report_to: {name} needs the '{package}' package: pip install {package}")

@@ -18,6 +18,7 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     if cfg.finetune.stage not in SUPPORTED:
         raise UserError(f"stage '{cfg.finetune.stage}' is not supported yet; supported stages: {', '.join(SUPPORTED)}.")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_known_warnings()
     from lmforge.train.outputs import prepare_output_dir
 
     resume_from = prepare_output_dir(cfg)
@@ -31,6 +32,14 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     from lmforge.train.pt import run_pt
 
     return run_pt(cfg, resume_from, callbacks)
+
+
+def _quiet_known_warnings() -> None:
+    """Silence deprecation notices that libraries raise about their own internal calls, not about the user's config."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*'pin_memory' argument is set as true", category=UserWarning)
 
 
 def main(argv: list[str]) -> int:

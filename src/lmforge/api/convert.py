@@ -1,0 +1,140 @@
+"""Between the OpenAI protocol and the engine: requests become template conversations, text becomes messages.
+
+Requests are mapped as LLaMA-Factory's API maps them, so a model answers the API as it answered
+its training data:
+  * a leading system (or developer) message becomes the system prompt;
+  * `tool` messages become `observation` turns, consecutive ones merged into one (joined like the
+    openai dataset converter joins them);
+  * an assistant message with `tool_calls` becomes a `function` turn whose content is the JSON list
+    of calls; string `arguments` are decoded first, so the rendered call matches the training data
+    (LLaMA-Factory encodes them twice);
+  * after that the turns must alternate user/observation and assistant/function and end with a
+    user or observation turn ("u/a/u/a/u"). Errors name the offending request message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from lmforge.api.errors import ApiError
+from lmforge.api.protocol import ChatCompletionMessage, ChatCompletionRequest, ChatMessage, FunctionCall, ToolCall, call_id
+from lmforge.data.converters import TOOL_SEPARATOR
+
+_PROMPT_ROLES = ("user", "observation")
+_ANSWER_ROLES = ("assistant", "function")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What the engine renders: template messages, the system prompt and the tools as a JSON string."""
+
+    messages: list[dict[str, str]]
+    system: str | None
+    tools: str | None
+
+
+def to_conversation(request: ChatCompletionRequest) -> Conversation:
+    """Map the request's messages and tools to the engine's conversation, or raise a 400 naming the message."""
+    items = list(enumerate(request.messages))
+    if not items:
+        raise ApiError(400, "'messages' must contain at least one message; the last one from the user.",
+                       param="messages")
+    system = None
+    if items[0][1].role in ("system", "developer"):
+        system = _text(items[0][1], 0)
+        items = items[1:]
+    if not items:
+        raise ApiError(400, "'messages' holds only a system message; add a user message after it.", param="messages")
+
+    turns: list[dict[str, str]] = []
+    origins: list[int] = []  # the request index of each turn (the first one for merged tool results)
+    results: list[str] = []
+    for i, message in items:
+        if message.role in ("system", "developer"):
+            raise ApiError(400, f"A {message.role} message is only allowed as the first message; "
+                                f"messages[{i}] is one.", param=f"messages[{i}].role")
+        if message.role == "tool":
+            if not results:
+                origins.append(i)
+            results.append(_text(message, i))
+            continue
+        if results:
+            turns.append({"role": "observation", "content": TOOL_SEPARATOR.join(results)})
+            results = []
+        if message.role == "assistant" and message.tool_calls:
+            turns.append({"role": "function", "content": _calls_json(message.tool_calls, i)})
+        else:
+            turns.append({"role": message.role, "content": _text(message, i)})
+        origins.append(i)
+    if results:
+        turns.append({"role": "observation", "content": TOOL_SEPARATOR.join(results)})
+
+    for position, (turn, i) in enumerate(zip(turns, origins)):
+        expected = _PROMPT_ROLES if position % 2 == 0 else _ANSWER_ROLES
+        if turn["role"] not in expected:
+            want = "a user or tool message" if position % 2 == 0 else "an assistant message"
+            raise ApiError(
+                400,
+                f"messages[{i}].role: expected {want} here, got '{request.messages[i].role}'. After an optional "
+                "leading system message, messages must alternate user (or tool) and assistant: u/a/u/a/u.",
+                param=f"messages[{i}].role",
+            )
+    if turns[-1]["role"] not in _PROMPT_ROLES:
+        last = origins[-1]
+        raise ApiError(400, f"messages[{last}].role: the last message must be a user or tool message, "
+                            f"got '{request.messages[last].role}'.", param=f"messages[{last}].role")
+
+    tools = None
+    if request.tools:
+        tools = json.dumps([tool.function.model_dump(exclude_none=True) for tool in request.tools],
+                           ensure_ascii=False)
+    return Conversation(turns, system, tools)
+
+
+def _text(message: ChatMessage, index: int) -> str:
+    content = message.content
+    if content is None:
+        if message.role == "tool" or message.role == "system":
+            return ""
+        raise ApiError(400, f"messages[{index}].content is missing; only an assistant message with tool_calls "
+                            "may leave it out.", param=f"messages[{index}].content")
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type")
+            raise ApiError(400, f"messages[{index}].content[{j}]: only text parts ({{\"type\": \"text\", \"text\": "
+                                f"...}}) are supported, got type {kind!r}.", param=f"messages[{index}].content[{j}]")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _calls_json(calls: list[ToolCall], index: int) -> str:
+    decoded = []
+    for j, call in enumerate(calls):
+        raw = call.function.arguments
+        try:
+            arguments = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError:
+            raise ApiError(400, f"messages[{index}].tool_calls[{j}].function.arguments is not valid JSON: {raw[:200]!r}.",
+                           param=f"messages[{index}].tool_calls[{j}].function.arguments") from None
+        decoded.append({"name": call.function.name, "arguments": arguments})
+    return json.dumps(decoded, ensure_ascii=False)
+
+
+def build_message(text: str, finish_reason: str, template: Any, tools: bool) -> tuple[ChatCompletionMessage, str]:
+    """The assistant message and finish reason for generated `text`.
+
+    With `tools`, the text is parsed with the template's tool format; well-formed calls become
+    `tool_calls` (content null, finish reason "tool_calls"), anything else stays content.
+    """
+    if tools:
+        calls = template.extract_tool(text)
+        if isinstance(calls, list) and calls:
+            tool_calls = [ToolCall(id=call_id(), function=FunctionCall(name=c.name, arguments=c.arguments))
+                          for c in calls]
+            return ChatCompletionMessage(content=None, tool_calls=tool_calls), "tool_calls"
+    return ChatCompletionMessage(content=text), finish_reason
