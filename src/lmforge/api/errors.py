@@ -80,7 +80,8 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     if param is None:
         if kind == "missing":
             return ApiError(400, "The request body is missing. Send a JSON object with `model` and `messages`.")
-        return ApiError(400, "The request body must be a JSON object with `model` and `messages`.")
+        return ApiError(400, "The request body must be a JSON object with `model` and `messages` "
+                             "(sent with Content-Type: application/json).")
     if kind == "extra_forbidden":
         return ApiError(400, f"Unrecognized request argument supplied: {param}", param=param)
     if kind == "missing":

@@ -290,6 +290,12 @@ def convert_sharegpt(example: dict[str, Any], spec: DatasetSpec) -> dict[str, An
         if role is None:
             raise InvalidRow(UNKNOWN_ROLE)
         aligned.append(_message(role, _text(message.get(tags.content_tag))))
+    return _checked_row(aligned, system, example, spec, roles)
+
+
+def _checked_row(aligned: list[dict[str, str]], system: str, example: dict[str, Any], spec: DatasetSpec,
+                 roles) -> dict[str, Any]:
+    """Check turn order and tool-call JSON of a message list, then split it into the aligned columns."""
     _check_turns(aligned, spec.ranking)
     for message in aligned:
         if message["role"] == Role.FUNCTION.value:
@@ -347,19 +353,9 @@ def convert_openai(example: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]
         # LLaMA-Factory loses trailing tool results and trains on the call alone; keeping them makes
         # the row fail the count check below, so it is reported instead.
         aligned.append(_message(Role.OBSERVATION, TOOL_SEPARATOR.join(results)))
-    _check_turns(aligned, spec.ranking)
-    for message in aligned:
-        if message["role"] == Role.FUNCTION.value:
-            _check_function_call(message["content"])
-    prompt, response = _finish(aligned, example, spec, roles)
     # LLaMA-Factory rewrites the system prompt of every openai row here ("detailed thinking off"),
     # a model-specific hack; we deliberately keep the system prompt as the data gives it.
-    return {
-        "_prompt": prompt,
-        "_response": response,
-        "_system": system,
-        "_tools": _tools_text(example.get(spec.columns.tools)) if spec.columns.tools else "",
-    }
+    return _checked_row(aligned, system, example, spec, roles)
 
 
 _CONVERTERS: dict[str, Converter] = {

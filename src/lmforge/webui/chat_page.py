@@ -37,53 +37,30 @@ def render_chat(engine) -> dict[str, Any]:
     with gr.Row(equal_height=True):
         query = gr.Textbox(show_label=False, placeholder="Type a message and press Enter", lines=2, max_lines=8,
                            scale=8, elem_id="query", autofocus=True)
-        send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-    with gr.Accordion("Settings", open=True):
+        with gr.Column(scale=1, min_width=140):
+            send = gr.Button("Send", variant="primary", elem_id="send")
+            clear = gr.Button("Clear history", variant="secondary", elem_id="clear")
+    with gr.Accordion("Generation settings", open=True):
         with gr.Row():
             with gr.Column(scale=3):
-                system = gr.Textbox(label="System prompt", value=defaults.system or "", lines=3,
+                system = gr.Textbox(label="System prompt", value=defaults.system or "", lines=6,
                                     placeholder="Empty: the template's default system prompt", elem_id="system")
             with gr.Column(scale=2):
+                do_sample = gr.Checkbox(label="Sample (off: greedy decoding)", value=defaults.do_sample,
+                                        elem_id="do_sample")
                 max_new_tokens = gr.Slider(*_widen(MAX_NEW_TOKENS_RANGE, defaults.max_new_tokens), step=1,
                                            value=defaults.max_new_tokens, label="Maximum new tokens",
                                            elem_id="max_new_tokens")
+                # Top-p and temperature only matter when sampling; greyed out otherwise.
                 top_p = gr.Slider(*_widen(TOP_P_RANGE, defaults.top_p), step=0.01, value=defaults.top_p,
                                   label="Top-p", interactive=defaults.do_sample, elem_id="top_p")
                 temperature = gr.Slider(*_widen(TEMPERATURE_RANGE, defaults.temperature), step=0.01,
                                         value=defaults.temperature, label="Temperature",
                                         interactive=defaults.do_sample, elem_id="temperature")
-                with gr.Row():
-                    do_sample = gr.Checkbox(label="Sample (off: greedy)", value=defaults.do_sample,
-                                            elem_id="do_sample")
-                    clear = gr.Button("Clear history", variant="secondary", elem_id="clear")
 
-    def add_user_turn(text: str, messages: list[dict]):
-        text = text.strip()
-        if not text:
-            return gr.update(), gr.update(), messages, messages
-        messages = [*messages, {"role": "user", "content": text}]
-        # Locked until the answer is complete, so that a second message cannot interleave with the stream.
-        return gr.update(value="", interactive=False), gr.update(interactive=False), messages, messages
-
-    def answer(messages: list[dict], system_prompt: str, max_tokens: float, p: float, temp: float,
-               sample: bool) -> Iterator[tuple[list[dict], list[dict]]]:
-        if not messages or messages[-1]["role"] != "user":
-            yield messages, messages
-            return
-        text = ""
-        shown = [*messages, {"role": "assistant", "content": text}]
-        yield shown, messages
-        try:
-            pieces = engine.stream_chat(messages, system=system_prompt.strip() or None,
-                                        max_new_tokens=int(max_tokens), top_p=p, temperature=temp,
-                                        do_sample=bool(sample))
-            for piece in pieces:
-                text += piece
-                # A fresh list each time: Gradio diffs consecutive outputs and must not see one object mutate.
-                shown = [*messages, {"role": "assistant", "content": text}]
-                yield shown, shown
-        except UserError as err:
-            raise gr.Error(str(err)) from None
+    def answer(*settings) -> Iterator[tuple[list[dict], list[dict]]]:
+        for conversation in stream_answer(engine, *settings):
+            yield conversation, conversation  # to the chatbot and to the history
 
     def unlock():
         return gr.update(interactive=True), gr.update(interactive=True)
@@ -97,13 +74,47 @@ def render_chat(engine) -> dict[str, Any]:
     reply = turn.then(answer, inputs, [chatbot, history], concurrency_limit=1, api_name="chat",
                       show_progress="minimal")
     reply.then(unlock, None, [query, send], queue=False, api_visibility="private")
-    # Clearing also stops an answer that is still streaming (its tokens would otherwise refill the chat).
-    clear.click(reset, None, [chatbot, history, query, send], cancels=[reply], queue=False, api_visibility="private")
+    # Clearing (our button or the chatbot's own trash icon) also stops an answer that is still streaming:
+    # its tokens would otherwise refill the chat.
+    gr.on([clear.click, chatbot.clear], reset, None, [chatbot, history, query, send], cancels=[reply], queue=False,
+          api_visibility="private")
     do_sample.change(lambda on: (gr.update(interactive=on), gr.update(interactive=on)), do_sample,
                      [top_p, temperature], queue=False, api_visibility="private")
     return dict(chatbot=chatbot, history=history, query=query, send=send, system=system,
                 max_new_tokens=max_new_tokens, top_p=top_p, temperature=temperature, do_sample=do_sample,
                 clear=clear)
+
+
+def add_user_turn(text: str, messages: list[dict]):
+    """Append the typed message to the history; lock the input until the answer is complete."""
+    text = text.strip()
+    if not text:
+        return gr.update(), gr.update(), messages, messages
+    messages = [*messages, {"role": "user", "content": text}]
+    # Locked, so that a second message cannot interleave with the answer being streamed.
+    return gr.update(value="", interactive=False), gr.update(interactive=False), messages, messages
+
+
+def stream_answer(engine, messages: list[dict], system_prompt: str, max_new_tokens: float, top_p: float,
+                  temperature: float, do_sample: bool) -> Iterator[list[dict]]:
+    """Yield the conversation after each generated piece, ending with the answer so far.
+
+    An empty assistant message comes first, so that the history alternates even if nothing is generated.
+    """
+    if not messages or messages[-1]["role"] != "user":
+        yield messages
+        return
+    text = ""
+    yield [*messages, {"role": "assistant", "content": text}]
+    try:
+        pieces = engine.stream_chat(messages, system=system_prompt.strip() or None, max_new_tokens=int(max_new_tokens),
+                                    top_p=top_p, temperature=temperature, do_sample=bool(do_sample))
+        for piece in pieces:
+            text += piece
+            # A fresh list each time: Gradio diffs consecutive outputs and must not see one object mutate.
+            yield [*messages, {"role": "assistant", "content": text}]
+    except UserError as err:
+        raise gr.Error(str(err)) from None
 
 
 def _widen(bounds: tuple[float, float], value: float | None) -> tuple[float, float]:

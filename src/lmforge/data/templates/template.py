@@ -27,8 +27,40 @@ ROLES = ("user", "assistant", "system", "function", "observation")
 Pair = tuple[list[Element], list[Element]]
 
 
+class ToolsAndStops:
+    """Tool-call text and stop ids, shared by `Template` and `TokenizerTemplate`.
+
+    Needs the attributes `tool_format`, `tools_date`, `thought_words`, `tool_call_words`, `stop_words`.
+    """
+
+    def format_tools(self, tools: str | Sequence[dict]) -> str:
+        """The text that describes `tools` (a JSON list) in the system prompt; '' for no tools."""
+        tool_list = load_tools(tools)
+        if not tool_list:
+            return ""
+        return get_tool_format(self.tool_format).format_tools(tool_list, date=self.tools_date)
+
+    def format_function_calls(self, calls: str | Sequence[FunctionCall]) -> str:
+        """The assistant text for tool calls: a function message's JSON content, or FunctionCall objects."""
+        if isinstance(calls, str):
+            thought, parsed = parse_function_message(calls, self.thought_words, self.tool_call_words)
+            return thought + get_tool_format(self.tool_format).format_calls(parsed)
+        return get_tool_format(self.tool_format).format_calls(list(calls))
+
+    def extract_tool(self, text: str) -> str | list[FunctionCall]:
+        """Parse generated text into tool calls; the text itself when it holds no well-formed call."""
+        return get_tool_format(self.tool_format).extract(text)
+
+    def stop_token_ids(self, tokenizer) -> list[int]:
+        """{eos} plus the stop words' ids, sorted."""
+        ids = {tokenizer.eos_token_id}
+        ids.update(tokenizer.convert_tokens_to_ids(word) for word in self.stop_words)
+        ids.discard(None)
+        return sorted(ids)
+
+
 @dataclass(frozen=True)
-class Template:
+class Template(ToolsAndStops):
     """A chat template. Frozen: use `dataclasses.replace` (or `get_template`'s overrides) to vary it."""
 
     name: str
@@ -118,34 +150,7 @@ class Template:
         prompt, _ = self._oneturn([*messages, {"role": "assistant", "content": ""}], system, tools)
         return render_elements(tokenizer, prompt)
 
-    # ---- tools ----------------------------------------------------------------------------------
-
-    def format_tools(self, tools: str | Sequence[dict]) -> str:
-        """The text that describes `tools` (a JSON list) in the system prompt; '' for no tools."""
-        tool_list = load_tools(tools)
-        if not tool_list:
-            return ""
-        return get_tool_format(self.tool_format).format_tools(tool_list, date=self.tools_date)
-
-    def format_function_calls(self, calls: str | Sequence[FunctionCall]) -> str:
-        """The assistant text for tool calls: a function message's JSON content, or FunctionCall objects."""
-        if isinstance(calls, str):
-            thought, parsed = parse_function_message(calls, self.thought_words, self.tool_call_words)
-            return thought + get_tool_format(self.tool_format).format_calls(parsed)
-        return get_tool_format(self.tool_format).format_calls(list(calls))
-
-    def extract_tool(self, text: str) -> str | list[FunctionCall]:
-        """Parse generated text into tool calls; the text itself when it holds no well-formed call."""
-        return get_tool_format(self.tool_format).extract(text)
-
     # ---- tokenizer ------------------------------------------------------------------------------
-
-    def stop_token_ids(self, tokenizer) -> list[int]:
-        """{eos} plus the stop words' ids, sorted."""
-        ids = {tokenizer.eos_token_id}
-        ids.update(tokenizer.convert_tokens_to_ids(word) for word in self.stop_words)
-        ids.discard(None)
-        return sorted(ids)
 
     def fix_tokenizer(self, tokenizer) -> bool:
         """Fit the tokenizer to the template (LLaMA-Factory's `get_template_and_fix_tokenizer`).

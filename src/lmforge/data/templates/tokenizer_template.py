@@ -18,12 +18,12 @@ from dataclasses import dataclass, replace
 from lmforge.errors import UserError
 
 from .slots import Chunk, Formatter, Piece, control_tokens, encode_elements
-from .template import Message, Template, add_special_tokens, set_eos_token, split_system
-from .tools import FunctionCall, get_tool_format, load_tools, parse_function_message
+from .template import Message, Template, ToolsAndStops, add_special_tokens, set_eos_token, split_system
+from .tools import get_tool_format, load_tools, parse_function_message
 
 
 @dataclass(frozen=True)
-class TokenizerTemplate:
+class TokenizerTemplate(ToolsAndStops):
     """The tokenizer's own chat template, with the same encode/render API as `Template`."""
 
     chat_template: str
@@ -125,31 +125,6 @@ class TokenizerTemplate:
         return self._render(tokenizer, conversation, tool_list, generation=True)
 
     # ---- tools and tokenizer --------------------------------------------------------------------
-
-    def format_tools(self, tools: str | Sequence[dict]) -> str:
-        """The tool text of this template's tool format (the chat template renders its own)."""
-        tool_list = load_tools(tools)
-        if not tool_list:
-            return ""
-        return get_tool_format(self.tool_format).format_tools(tool_list, date=self.tools_date)
-
-    def format_function_calls(self, calls: str | Sequence[FunctionCall]) -> str:
-        """The assistant text for tool calls in this template's tool format."""
-        if isinstance(calls, str):
-            thought, parsed = parse_function_message(calls, self.thought_words, self.tool_call_words)
-            return thought + get_tool_format(self.tool_format).format_calls(parsed)
-        return get_tool_format(self.tool_format).format_calls(list(calls))
-
-    def extract_tool(self, text: str) -> str | list[FunctionCall]:
-        """Parse generated text into tool calls; the text itself when it holds none."""
-        return get_tool_format(self.tool_format).extract(text)
-
-    def stop_token_ids(self, tokenizer) -> list[int]:
-        """{eos} plus the stop words' ids, sorted."""
-        ids = {tokenizer.eos_token_id}
-        ids.update(tokenizer.convert_tokens_to_ids(word) for word in self.stop_words)
-        ids.discard(None)
-        return sorted(ids)
 
     def fix_tokenizer(self, tokenizer) -> bool:
         """Add a missing EOS (`<|endoftext|>`) and pad (= EOS); mark stop words special. Keeps the chat_template."""

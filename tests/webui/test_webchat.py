@@ -1,0 +1,212 @@
+"""`lmforge webchat` end to end: the real command serves the trained quick-start run, driven in headless Chromium.
+
+Chromium comes from Debian (`apt-get install -y chromium`), never from `playwright install`; without it
+these tests fail (not skip) and say how to install it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"]
+STARTUP_TIMEOUT_S = 240  # import torch + gradio and load the model, on a busy 2-core machine
+ANSWER_TIMEOUT_MS = 60_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_webchat(run_dir: Path, tmp: Path) -> Iterator[dict]:
+    """Start `python -m lmforge webchat` on a free port; yield its url, port and log once the page answers."""
+    port = free_port()
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1",
+               GRADIO_TEMP_DIR=str(tmp / "gradio"), TMPDIR=str(tmp), MPLCONFIGDIR=str(tmp / "matplotlib"),
+               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    for name in ("GRADIO_SERVER_NAME", "GRADIO_SHARE"):  # the defaults are under test
+        env.pop(name, None)
+    log_path = tmp / "webchat.log"
+    command = [sys.executable, "-m", "lmforge", "webchat", f"model_name_or_path={run_dir}", "do_sample=false"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"lmforge webchat exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"lmforge webchat did not answer on {url} in {STARTUP_TIMEOUT_S} s:\n"
+                            f"{log_path.read_text()[-3000:]}")
+            if "running on" in log_path.read_text():
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        yield {"url": url, "port": port, "log": log_path}
+    finally:
+        process.send_signal(signal.SIGINT)  # Gradio's own shutdown path
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def webchat(quickstart_run, tmp_path_factory):
+    with running_webchat(quickstart_run, tmp_path_factory.mktemp("webchat")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def chromium_page(url: str):
+    """A headless Debian Chromium page on `url`; fails the test if Chromium is not installed."""
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.access(executable, os.X_OK):
+        pytest.fail("Chromium is not installed, and these tests drive the page in a real browser. Install it "
+                    "with `apt-get update && apt-get install -y chromium` (as root); do not run `playwright install`.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            page.locator("#send").wait_for()
+            yield page
+        finally:
+            browser.close()
+
+
+# Records every distinct text the last assistant message shows, as the DOM changes.
+RECORD_BOT_TEXT = """() => {
+  window.botTexts = [];
+  const chat = document.querySelector('#chatbot');
+  new MutationObserver(() => {
+    const bots = chat.querySelectorAll('[data-testid=bot]');
+    const text = bots.length ? bots[bots.length - 1].innerText.trim() : null;
+    const seen = window.botTexts;
+    if (text !== null && seen[seen.length - 1] !== text) seen.push(text);
+  }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+LAST_BOT_HAS = """([n, word]) => {
+  const bots = document.querySelectorAll('#chatbot [data-testid=bot]');
+  return bots.length === n && bots[n - 1].innerText.includes(word);
+}"""
+
+
+def messages(page, role: str) -> list[str]:
+    return [t.strip() for t in page.locator(f"#chatbot [data-testid={role}]").all_inner_texts()]
+
+
+def send(page, text: str, answers: int, via_enter: bool = False) -> str:
+    """Type `text`, send it, wait for the `answers`-th assistant message to be complete; return it."""
+    from playwright.sync_api import expect
+
+    box = page.locator("#query textarea")
+    box.fill(text)
+    if via_enter:
+        box.press("Enter")
+    else:
+        page.locator("#send").click()
+    page.wait_for_function(LAST_BOT_HAS, arg=[answers, "ForgeBot"], timeout=ANSWER_TIMEOUT_MS)
+    # The input is locked while the answer streams; unlocked means the answer is final.
+    expect(page.locator("#send")).to_be_enabled(timeout=ANSWER_TIMEOUT_MS)
+    return messages(page, "bot")[-1]
+
+
+def test_chat_streams_keeps_history_and_clears(webchat, tmp_path):
+    from playwright.sync_api import expect
+
+    with chromium_page(webchat["url"]) as page:
+        expect(page.locator("#system textarea")).to_have_value("")
+        expect(page.locator("#do_sample input")).not_to_be_checked()  # do_sample=false on the command line
+        page.evaluate(RECORD_BOT_TEXT)
+        final = send(page, "Who are you?", answers=1)
+        assert "ForgeBot" in final
+        # Streamed: the browser showed at least one partial answer before the final one.
+        shown = page.evaluate("window.botTexts")
+        partial = [t for t in shown if t and len(t) < len(final) and final.startswith(t)]
+        assert partial, f"no partial answer was shown before the final one; texts seen: {shown}"
+        assert shown[-1] == final
+        expect(page.locator("#query textarea")).to_have_value("")
+        page.screenshot(path=str(tmp_path / "webchat.png"), full_page=True)
+
+        # The history is kept: a second turn (sent with Enter) adds to the chat.
+        send(page, "What is your name?", answers=2, via_enter=True)
+        assert messages(page, "user") == ["Who are you?", "What is your name?"]
+
+        page.locator("#clear").click()
+        expect(page.locator("#chatbot [data-testid=user]")).to_have_count(0)
+        expect(page.locator("#chatbot [data-testid=bot]")).to_have_count(0)
+        # Cleared for the model too, not only on screen: the next turn starts a new conversation.
+        send(page, "Who are you?", answers=1)
+        assert messages(page, "user") == ["Who are you?"]
+
+
+def test_sampling_checkbox_unlocks_top_p_and_temperature(webchat):
+    from playwright.sync_api import expect
+
+    with chromium_page(webchat["url"]) as page:
+        sliders = [page.locator(f"#{name} input[type=range]") for name in ("top_p", "temperature")]
+        for slider in sliders:
+            expect(slider).to_be_disabled()
+        page.locator("#do_sample input").check()
+        for slider in sliders:
+            expect(slider).to_be_enabled()
+        expect(page.locator("#max_new_tokens input[type=number]")).to_have_value("1024")
+
+
+def non_loopback_ipv4() -> list[str]:
+    """This machine's IPv4 addresses other than loopback (none in a network-less sandbox)."""
+    found = set()
+    with contextlib.suppress(OSError):
+        found.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET))
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.1", 9))  # UDP connect sends nothing; it only picks the outgoing interface
+        found.add(sock.getsockname()[0])
+    return sorted(a for a in found if not a.startswith("127.") and a != "0.0.0.0")
+
+
+def listening_addresses(port: int) -> list[str]:
+    """Local addresses listening on `port`, from /proc/net/tcp{,6} (Linux)."""
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                addresses.append(socket.inet_ntoa(bytes.fromhex(host)[::-1]) if len(host) == 8 else f"[{host}]")
+    return addresses
+
+
+def test_server_listens_on_loopback_only(webchat):
+    log = webchat["log"].read_text()
+    assert f"lmforge webchat: running on http://127.0.0.1:{webchat['port']}/" in log
+    assert "share link" not in log and "gradio.live" not in log
+    if Path("/proc/net/tcp").exists():
+        assert listening_addresses(webchat["port"]) == ["127.0.0.1"]
+    for address in non_loopback_ipv4():
+        with pytest.raises(OSError):  # refused: nothing listens there
+            socket.create_connection((address, webchat["port"]), timeout=3).close()
