@@ -22,4 +22,15 @@ TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split
 echo "torch==${TORCH_VERSION}" > .venv/constraints.txt
 $PIP install -q -c .venv/constraints.txt -e ".[api,webui,metrics,gguf,dev]"
 
+# The web page tests drive Debian's Chromium through Playwright (no browser download).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "warning: install Chromium (apt-get install chromium) for the browser tests" >&2
+  fi
+fi
+
 bash scripts/quickstart.sh

@@ -74,9 +74,19 @@ def test_stream_answer_without_a_new_message_generates_nothing():
     assert added == [*history, {"role": "user", "content": "Who are you?"}] and len(history) == 2
 
 
-def test_page_starts_from_the_configured_generation_settings():
-    import gradio as gr
+@pytest.fixture()
+def gr(tmp_path, monkeypatch):
+    """Gradio, writing into the test's temp dir: building a page creates Gradio's temp folder."""
+    folder = str(tmp_path / "gradio")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", folder)  # read when gradio is first imported
+    import gradio
+    import gradio.routes
 
+    monkeypatch.setattr(gradio.routes, "DEFAULT_TEMP_DIR", folder)  # in case it was imported before
+    return gradio
+
+
+def test_page_starts_from_the_configured_generation_settings(gr, tmp_path):
     from lmforge.webui.chat_page import render_chat
 
     settings = GeneratingArguments(do_sample=False, temperature=0.2, top_p=0.8, max_new_tokens=8192,
@@ -92,6 +102,7 @@ def test_page_starts_from_the_configured_generation_settings():
     with gr.Blocks():
         parts = render_chat(FakeEngine())
     assert parts["system"].value == "" and parts["do_sample"].value is True and parts["top_p"].interactive
+    assert (tmp_path / "gradio").is_dir()
 
 
 def test_webchat_help_does_not_import_gradio():

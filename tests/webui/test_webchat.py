@@ -110,10 +110,7 @@ RECORD_BOT_TEXT = """() => {
     if (text !== null && seen[seen.length - 1] !== text) seen.push(text);
   }).observe(chat, {subtree: true, childList: true, characterData: true});
 }"""
-LAST_BOT_HAS = """([n, word]) => {
-  const bots = document.querySelectorAll('#chatbot [data-testid=bot]');
-  return bots.length === n && bots[n - 1].innerText.includes(word);
-}"""
+HAS_ANSWERS = "n => document.querySelectorAll('#chatbot [data-testid=bot]').length === n"
 
 
 def messages(page, role: str) -> list[str]:
@@ -121,7 +118,7 @@ def messages(page, role: str) -> list[str]:
 
 
 def send(page, text: str, answers: int, via_enter: bool = False) -> str:
-    """Type `text`, send it, wait for the `answers`-th assistant message to be complete; return it."""
+    """Type `text`, send it, wait until the chat holds `answers` complete assistant messages; return the last."""
     from playwright.sync_api import expect
 
     box = page.locator("#query textarea")
@@ -130,8 +127,8 @@ def send(page, text: str, answers: int, via_enter: bool = False) -> str:
         box.press("Enter")
     else:
         page.locator("#send").click()
-    page.wait_for_function(LAST_BOT_HAS, arg=[answers, "ForgeBot"], timeout=ANSWER_TIMEOUT_MS)
-    # The input is locked while the answer streams; unlocked means the answer is final.
+    page.wait_for_function(HAS_ANSWERS, arg=answers, timeout=ANSWER_TIMEOUT_MS)
+    # The input is locked (in the same update that shows the question) until the answer is final.
     expect(page.locator("#send")).to_be_enabled(timeout=ANSWER_TIMEOUT_MS)
     return messages(page, "bot")[-1]
 
@@ -197,7 +194,9 @@ def listening_addresses(port: int) -> list[str]:
             local, state = line.split()[1], line.split()[3]
             host, port_hex = local.split(":")
             if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
-                addresses.append(socket.inet_ntoa(bytes.fromhex(host)[::-1]) if len(host) == 8 else f"[{host}]")
+                # The kernel writes each 32-bit word of the address in host (little-endian) order.
+                raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, len(host), 8))
+                addresses.append(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw))
     return addresses
 
 

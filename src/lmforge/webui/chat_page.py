@@ -35,9 +35,9 @@ def render_chat(engine) -> dict[str, Any]:
     history = gr.State([])
     chatbot = gr.Chatbot(label="Chat", elem_id="chatbot", height=480, buttons=["copy"], feedback_options=None)
     with gr.Row(equal_height=True):
-        query = gr.Textbox(show_label=False, placeholder="Type a message and press Enter", lines=2, max_lines=8,
+        query = gr.Textbox(show_label=False, placeholder="Type a message and press Enter", lines=1, max_lines=8,
                            scale=8, elem_id="query", autofocus=True)
-        with gr.Column(scale=1, min_width=140):
+        with gr.Column(scale=1, min_width=180):
             send = gr.Button("Send", variant="primary", elem_id="send")
             clear = gr.Button("Clear history", variant="secondary", elem_id="clear")
     with gr.Accordion("Generation settings", open=True):

@@ -53,12 +53,14 @@ def main(argv: list[str]) -> int:
     try:
         # run_history=False: conversations are never recorded (Gradio can upload runs to a Hub bucket).
         page.launch(server_name=server_name, server_port=server_port, share=share, prevent_thread_lock=True,
-                    quiet=True, show_error=True, run_history=False, footer_links=["api", "gradio", "settings"])
+                    quiet=True, show_error=True, run_history=False)
     except OSError:
         raise UserError(f"Cannot listen on {server_name}:{server_port}: the port is in use, or the address is not "
                         "one of this machine's. Set GRADIO_SERVER_PORT to a free port (and GRADIO_SERVER_NAME to an "
                         "address of this machine).") from None
     print(f"lmforge webchat: running on {page.local_url}", flush=True)
+    if server_name not in ("127.0.0.1", "localhost", "::1"):
+        print(f"lmforge webchat: listening on {server_name}: other machines can reach this page.", flush=True)
     if page.share_url:
         print(f"lmforge webchat: public share link {page.share_url}", flush=True)
     print("lmforge webchat: press Ctrl+C to stop.", flush=True)
