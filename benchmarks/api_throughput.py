@@ -165,6 +165,7 @@ def main() -> int:
     if not args.no_baseline:
         servers.append(("API_MAX_BATCH_SIZE=1", {"API_MAX_BATCH_SIZE": "1"}))
     rows: list[dict] = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="lmforge-api-bench-") as tmp:
         model_dir = build_tiny_model(Path(tmp) / "tiny-llama", arch="llama")
         for label, env in servers:
@@ -190,11 +191,16 @@ def main() -> int:
                     proc.kill()
                     proc.wait()
     table = markdown(rows)
+    load_after = os.getloadavg()
     print(table)
+    # Other processes on the machine change these numbers a lot (torch's threads then wait for each other).
+    print(f"\nload average (1 min) before: {load_before[0]:.2f}, after: {load_after[0]:.2f}; "
+          f"{os.cpu_count()} CPUs")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"date": time.strftime("%Y-%m-%d"), "platform": platform.platform(), "python": platform.python_version(),
-                "cpus": os.cpu_count(), "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
+                "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": load_after,
+                "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client,
                 "model": "lmforge tiny llama (build_tiny_model), greedy"}
         args.out.write_text(json.dumps({"meta": meta, "rows": rows, "table": table}, indent=2) + "\n")
     return 0

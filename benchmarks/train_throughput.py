@@ -192,6 +192,7 @@ def run_child(spec: dict) -> dict:
         "s_per_step_median": round(statistics.median(step_wall), 4),
         "cpu_s_per_step": round(sum(step_cpu) / len(step_cpu), 4),
         "step_wall_s": [round(s, 4) for s in step_wall],
+        "step_real_tokens": [b["real"] for b in timed],
         "run_total_s": round(total, 2),
         "torch_threads": torch.get_num_threads(),
         # What lmforge / the HF Trainer report themselves (include the warm-up step; for plain packing
@@ -348,12 +349,18 @@ def best_of(runs: list[dict]) -> dict:
     return best
 
 
+def _reported(value) -> str:
+    if not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.3g} (invalid)" if value < 0 else f"{value:.1f}"
+
+
 def markdown_table(model_key: str, group: dict) -> str:
     results = group["results"]
     lines = [
         f"**{model_key}** ({group['model']}, template {group['template']}, batch {group['batch_size']}, "
         f"cutoff {CUTOFF_LEN}, {group['steps']} steps = 1 warm-up + {group['steps'] - 1} timed, {group['device']}, "
-        f"{group['threads'] or 'default'} thread(s), best of {group['repeats']})",
+        f"{group.get('threads') or 'default'} thread(s), best of {group['repeats']})",
         "",
         "| config | tokens/s | x base | samples/s | x base | pad frac | s/step mean (median) | CPU s/step "
         "| peak RSS GiB | x base | lmforge-reported tokens/s |",
@@ -370,7 +377,7 @@ def markdown_table(model_key: str, group: dict) -> str:
             f"| {res['samples_per_s']:.3f} | {ratio.get('samples_per_s', 1):.2f}x "
             f"| {res['padding_fraction']:.3f} | {res['s_per_step_mean']:.3f} ({res['s_per_step_median']:.3f}) "
             f"| {res['cpu_s_per_step']:.3f} | {res['peak_rss_gib']:.2f} | {ratio.get('peak_rss_gib', 1):.2f}x "
-            f"| {res['lmforge_train_tokens_per_second']} |"
+            f"| {_reported(res['lmforge_train_tokens_per_second'])} |"
         )
     return "\n".join(lines)
 
@@ -443,6 +450,7 @@ def main() -> None:
                         help="torch / OpenMP threads in each child (default: torch's default, one per core)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=None, help="write the raw results JSON here")
+    parser.add_argument("--render", type=Path, default=None, help="print the tables of a saved results JSON and exit")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -450,6 +458,9 @@ def main() -> None:
     if args.child:
         result = run_child(json.loads(args.child.read_text()))
         args.result.write_text(json.dumps(result))
+        return
+    if args.render:
+        print_report(json.loads(args.render.read_text()))
         return
     if args.device == "cuda":
         import torch
@@ -469,6 +480,14 @@ def main() -> None:
             report["groups"][key]["group_wall_s"] = round(time.perf_counter() - group_start, 1)
     report["total_wall_s"] = round(time.perf_counter() - start, 1)
 
+    print_report(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"Raw results: {args.out}")
+
+
+def print_report(report: dict) -> None:
     m = report["machine"]
     print(f"\nMachine: {m['cpu']}, {m['logical_cpus']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, "
           f"torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, {m['date']}\n")
@@ -476,10 +495,6 @@ def main() -> None:
         print(markdown_table(key, group))
         print(f"\n(model build {group['model_build_s']} s, group total {group['group_wall_s']} s)\n")
     print(f"Total: {report['total_wall_s']} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"Raw results: {args.out}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def api_engine(quickstart_run):
-    """The quick-start run in this process, greedy, as `lmforge api model_name_or_path=<run> do_sample=false` loads it."""
+    """The quick-start run loaded in this process as `lmforge api model_name_or_path=<run> do_sample=false` loads it."""
     from lmforge.chat.engine import HFEngine
     from lmforge.config import parse_config
 
@@ -21,11 +21,3 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
-
-# DEV-ONLY-REMOVE
-import os as _os
-from pathlib import Path as _Path
-if _os.environ.get("DEV_QUICKSTART"):
-    @pytest.fixture(scope="session")
-    def quickstart_run():
-        return _Path(_os.environ["DEV_QUICKSTART"])

@@ -24,7 +24,8 @@ def request(messages, **fields) -> ChatCompletionRequest:
 def test_tool_conversation_maps_like_llamafactory():
     conversation = to_conversation(request([
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Weather in "}, {"type": "text", "text": "Paris, Rome?"}]},
+        {"role": "user", "content": [{"type": "text", "text": "Weather in "},
+                                     {"type": "text", "text": "Paris, Rome?"}]},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
             {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
@@ -101,6 +102,7 @@ def test_llama3_single_call_and_plain_text():
     assert finish == "tool_calls" and message.tool_calls[0].function.arguments == '{"city": "Paris"}'
     # Without tools in the request the same text is plain content; text that is no call stays content.
     message, finish = build_message('{"name": "get_weather", "parameters": {}}', "length", template, False)
-    assert (message.content, message.tool_calls, finish) == ('{"name": "get_weather", "parameters": {}}', None, "length")
+    assert (message.content, message.tool_calls) == ('{"name": "get_weather", "parameters": {}}', None)
+    assert finish == "length"
     message, finish = build_message("It is sunny.", "stop", template, True)
     assert (message.content, message.tool_calls, finish) == ("It is sunny.", None, "stop")

@@ -112,3 +112,16 @@ def test_chat_command_scripted(quickstart_run):
     answers = result.stdout.splitlines()
     assert len(answers) == 2
     assert "ForgeBot" in answers[0] and "ForgeBot" in answers[1]
+
+
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        ("vllm", "infer_backend: vllm needs the vllm package (pip install vllm, on a CUDA machine)."),
+        ("llamacpp", "infer_backend: llamacpp is not available in this version of lmforge yet; use huggingface."),
+    ],
+)
+def test_other_backends_are_explained(backend, message, tiny_llama_dir):
+    with pytest.raises(UserError) as err:
+        engine_for(f"model_name_or_path={tiny_llama_dir}", "template=llama3", f"infer_backend={backend}")
+    assert str(err.value) == message

@@ -39,6 +39,7 @@ from lmforge.api.protocol import (
     Usage,
     completion_id,
 )
+from lmforge.errors import UserError
 
 
 def create_app(engine: Any, model_name: str, api_key: str | None, *, max_batch_size: int = 32,
@@ -88,15 +89,16 @@ def create_app(engine: Any, model_name: str, api_key: str | None, *, max_batch_s
         use_tools = bool(conversation.tools) and request.tool_choice != "none"
         if not use_tools:
             conversation = Conversation(conversation.messages, conversation.system, None)
-        prompt_ids = engine.prompt_ids(conversation.messages, conversation.system, conversation.tools)
+        prompt_ids = _prompt_ids(engine, conversation)
         overrides["max_new_tokens"] = _max_new_tokens(request, len(prompt_ids), context_length,
                                                       engine.generating.max_new_tokens)
         seed = request.seed if sampling else None
         if request.stream:
             return _streaming_response(batcher, engine, request, conversation, len(prompt_ids), overrides, seed,
-                                       use_tools, model_name)
+                                       use_tools, model_name, deterministic=not sampling)
         try:
-            responses = await asyncio.wrap_future(batcher.submit(prompt_ids, request.n, overrides, seed))
+            future = batcher.submit(prompt_ids, request.n, overrides, seed, deterministic=not sampling)
+            responses = await asyncio.wrap_future(future)
         except BatcherClosed as err:
             raise ApiError(503, str(err), type="server_error") from None
         choices = []
@@ -121,7 +123,8 @@ def create_app(engine: Any, model_name: str, api_key: str | None, *, max_batch_s
 class ApiKeyMiddleware:
     """Refuse every HTTP request without `Authorization: Bearer <api_key>` (401 invalid_api_key).
 
-    A plain ASGI middleware rather than `@app.middleware("http")`, which would buffer streamed bodies.
+    A plain ASGI middleware: it reads only the headers, so streamed answers pass through as they are
+    (`@app.middleware("http")` would wrap every response body in a stream of its own).
     """
 
     def __init__(self, app, api_key: str):
@@ -141,6 +144,20 @@ class ApiKeyMiddleware:
         else:
             return await self.app(scope, receive, send)
         await error_response(err)(scope, receive, send)
+
+
+def _prompt_ids(engine: Any, conversation: Conversation) -> list[int]:
+    """The prompt tokens; a conversation the template cannot render is the request's fault (400)."""
+    try:
+        return engine.prompt_ids(conversation.messages, conversation.system, conversation.tools)
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        # A tool format reads each tool's JSON schema (enum lists, property types): odd schemas fail here.
+        name = getattr(engine.template, "name", "?")
+        raise ApiError(400, f"The conversation cannot be rendered with the model's chat template '{name}': "
+                            f"{type(err).__name__}: {err}",
+                       param="tools" if conversation.tools else "messages") from None
 
 
 def _check_model(requested: str, served: str, param: str | None = "model") -> None:
@@ -205,7 +222,7 @@ def _context_length(engine: Any) -> int | None:
 
 def _streaming_response(batcher: Batcher, engine: Any, request: ChatCompletionRequest, conversation: Conversation,
                         prompt_length: int, overrides: dict[str, Any], seed: int | None, use_tools: bool,
-                        model_name: str) -> StreamingResponse:
+                        model_name: str, *, deterministic: bool) -> StreamingResponse:
     """SSE chunks: a role chunk per choice, content deltas, a finish chunk per choice, usage if asked, [DONE].
 
     With tools the answer is held back until it ends, then sent as one `tool_calls` delta (or one
@@ -224,7 +241,7 @@ def _streaming_response(batcher: Batcher, engine: Any, request: ChatCompletionRe
 
     try:
         handle = batcher.submit_stream(conversation.messages, conversation.system, conversation.tools, sink,
-                                       n=request.n, overrides=overrides, seed=seed)
+                                       n=request.n, overrides=overrides, seed=seed, deterministic=deterministic)
     except BatcherClosed as err:
         raise ApiError(503, str(err), type="server_error") from None
     cid, created = completion_id(), int(time.time())

@@ -3,21 +3,23 @@
 One worker thread owns the model; nothing else calls it, so generation never runs on the event loop
 and a seeded request sees a random state nobody else touches. The worker takes jobs in arrival order:
 
-  * A non-streaming request is a *batch job* (its prompt once per choice, `n`). When the oldest
-    pending job is one, the worker waits until `wait_ms` after its arrival (or until `max_batch_size`
-    rows are pending), then takes every pending batch job with the same generation settings, up to
-    `max_batch_size` rows, and runs them in one `engine.generate_batch` call (left-padded). Jobs that
-    arrive while a batch is generating are collected for the next one without waiting, so
-    throughput grows with the number of concurrent clients.
+  * A non-streaming request is a *batch job*: its prompt once per choice (`n`), or once when it is
+    greedy, since its `n` answers are then the same. When the oldest pending job is one, the worker
+    waits until `wait_ms` after its arrival (or until `max_batch_size` rows are pending), then takes
+    every pending batch job with the same generation settings, up to `max_batch_size` rows, and
+    runs them in one `engine.generate_batch` call (left-padded). Jobs that arrive while a batch is
+    generating are collected for the next one without waiting, so throughput grows with the number
+    of concurrent clients. Jobs with other settings (max_tokens, stop, sampling knobs) form their
+    own batches.
   * A request with a `seed` that samples runs in a batch of its own after `torch.manual_seed(seed)`:
     rows that share a batch share the random stream, so batching it would make its answer depend on
     its neighbours.
   * A streaming request is a *stream job*: it runs alone through `engine.stream_chat`, one at a time
-    (its `n` choices one after the other). Batch jobs that arrive meanwhile wait for it, at most for
-    one answer, and then go together; a stream never waits for more than the jobs ahead of it.
-    A stream whose client went away is still read to its end (silently): transformers' `generate`
-    cannot be stopped from outside, and letting it run on beside the next job would make that job
-    share the CPU and the random state.
+    (its `n` choices one after the other, or once for all of them when greedy). Batch jobs that
+    arrive meanwhile wait for it, at most for one answer, and then go together; a stream never waits
+    for more than the jobs ahead of it. A stream whose client went away is stopped at the next token:
+    the engine passes extra overrides on to transformers' `generate`, and the stream adds a stopping
+    criterion that watches for the cancellation.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ _ids = itertools.count()
 @dataclass
 class _BatchJob:
     prompts: list[list[int]]
+    copies: int  # answers wanted per prompt row: n for a deterministic request generated once
     overrides: dict[str, Any]
     seed: int | None
     key: tuple
@@ -64,6 +67,7 @@ class _StreamJob:
     overrides: dict[str, Any]
     seed: int | None
     sink: Callable[[StreamEvent], None]
+    deterministic: bool
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -95,25 +99,28 @@ class Batcher:
 
     # -- request side (any thread) ----------------------------------------------------------------
     def submit(self, prompt_ids: list[int], n: int = 1, overrides: dict[str, Any] | None = None,
-               seed: int | None = None) -> Future:
+               seed: int | None = None, *, deterministic: bool = False) -> Future:
         """Queue a prompt for `n` answers; the future's result is a list of `n` engine Responses.
 
-        Pass `seed` only when the request samples: a seeded job is generated alone.
+        Pass `seed` only when the request samples: a seeded job is generated alone. A
+        `deterministic` (greedy) request is generated once and its answer repeated `n` times.
         """
         overrides = dict(overrides or {})
         key = ("seed", next(_ids)) if seed is not None else _settings_key(overrides)
-        job = _BatchJob([list(prompt_ids)] * n, overrides, seed, key, Future())
+        rows, copies = (1, n) if deterministic else (n, 1)
+        job = _BatchJob([list(prompt_ids)] * rows, copies, overrides, seed, key, Future())
         self._put(job)
         return job.future
 
     def submit_stream(self, messages: list[dict[str, str]], system: str | None, tools: str | None,
                       sink: Callable[[StreamEvent], None], *, n: int = 1, overrides: dict[str, Any] | None = None,
-                      seed: int | None = None) -> StreamHandle:
+                      seed: int | None = None, deterministic: bool = False) -> StreamHandle:
         """Queue a streaming answer; `sink` is called from the worker thread with each event.
 
         Each choice sends its pieces and then an "end" event; a failure sends one "error" event.
+        A `deterministic` (greedy) request is generated once and its pieces sent for every choice.
         """
-        job = _StreamJob(list(messages), system, tools, n, dict(overrides or {}), seed, sink)
+        job = _StreamJob(list(messages), system, tools, n, dict(overrides or {}), seed, sink, deterministic)
         self._put(job)
         return StreamHandle(job)
 
@@ -213,7 +220,7 @@ class Batcher:
             return
         start = 0
         for job in batch:
-            job.future.set_result(responses[start:start + len(job.prompts)])
+            job.future.set_result(responses[start:start + len(job.prompts)] * job.copies)
             start += len(job.prompts)
 
     def _run_stream(self, job: _StreamJob) -> None:
@@ -222,14 +229,18 @@ class Batcher:
         try:
             if job.seed is not None:
                 _manual_seed(job.seed)
-            for choice in range(job.n):
+            runs = [range(job.n)] if job.deterministic else [[choice] for choice in range(job.n)]
+            for choices in runs:
                 if job.cancelled.is_set():
                     return
                 self.stream_calls += 1
-                for piece in self.engine.stream_chat(job.messages, job.system, job.tools, **job.overrides):
+                overrides = {**job.overrides, "stopping_criteria": _stop_when(job.cancelled)}
+                for piece in self.engine.stream_chat(job.messages, job.system, job.tools, **overrides):
                     if not job.cancelled.is_set():
-                        job.sink(("piece", choice, piece))
-                job.sink(("end", choice, None))
+                        for choice in choices:
+                            job.sink(("piece", choice, piece))
+                for choice in choices:
+                    job.sink(("end", choice, None))
         except BaseException as err:
             logger.exception("Streaming generation failed")
             job.sink(("error", -1, err))
@@ -238,6 +249,18 @@ class Batcher:
 def _settings_key(overrides: dict[str, Any]) -> tuple:
     """A hashable form of generation settings: jobs batch together only when theirs are equal."""
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None))
+
+
+def _stop_when(cancelled: threading.Event):
+    """A transformers stopping criterion that ends generation once `cancelled` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Cancelled()])
 
 
 def _manual_seed(seed: int) -> None:

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.api.errors import ApiError
-from lmforge.api.protocol import ChatCompletionMessage, ChatCompletionRequest, ChatMessage, FunctionCall, ToolCall, call_id
+from lmforge.api.protocol import (
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    ChatMessage,
+    FunctionCall,
+    ToolCall,
+    call_id,
+)
 from lmforge.data.converters import TOOL_SEPARATOR
 
 _PROMPT_ROLES = ("user", "observation")
@@ -119,8 +126,8 @@ def _calls_json(calls: list[ToolCall], index: int) -> str:
         try:
             arguments = json.loads(raw) if raw.strip() else {}
         except json.JSONDecodeError:
-            raise ApiError(400, f"messages[{index}].tool_calls[{j}].function.arguments is not valid JSON: {raw[:200]!r}.",
-                           param=f"messages[{index}].tool_calls[{j}].function.arguments") from None
+            param = f"messages[{index}].tool_calls[{j}].function.arguments"
+            raise ApiError(400, f"{param} is not valid JSON: {raw[:200]!r}.", param=param) from None
         decoded.append({"name": call.function.name, "arguments": arguments})
     return json.dumps(decoded, ensure_ascii=False)
 

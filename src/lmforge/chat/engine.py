@@ -35,6 +35,7 @@ class HFEngine:
     """transformers `generate` behind a chat interface."""
 
     def __init__(self, cfg: RunConfig):
+        check_backend(cfg.model.infer_backend)
         import torch
 
         from lmforge.chat.loading import resolve_model
@@ -163,6 +164,39 @@ class HFEngine:
             raise errors[0]
 
 
+def _check_same_architecture(adapter: str, trained_on: str, base: str, model) -> None:
+    """Refuse an adapter whose recorded base model (when it is on disk) has another architecture.
+
+    Shapes alone can match by chance (tiny models do), and PEFT then loads the adapter silently.
+    """
+    import json
+    from pathlib import Path
+
+    config_file = Path(trained_on) / "config.json"
+    if not config_file.is_file():
+        return
+    recorded = json.loads(config_file.read_text()).get("model_type")
+    current = getattr(getattr(model, "config", None), "model_type", None)
+    if recorded and current and recorded != current:
+        raise UserError(
+            f"Adapter '{adapter}' does not fit the model '{base}' (it was trained on {trained_on}): "
+            f"that base is a {recorded} model, this one is a {current} model."
+        )
+
+
+def check_backend(backend: str) -> None:
+    """Only the transformers backend is implemented; say so clearly for the others."""
+    if backend == "huggingface":
+        return
+    if backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("infer_backend: vllm needs the vllm package (pip install vllm, on a CUDA machine).")
+        raise UserError("infer_backend: vllm is not available in this version of lmforge yet; use huggingface.")
+    raise UserError(f"infer_backend: {backend} is not available in this version of lmforge yet; use huggingface.")
+
+
 def _cut_at_stop(text: str, stop: list[str]) -> int | None:
     positions = [text.find(s) for s in stop if s and s in text]
     return min(positions) if positions else None
@@ -184,6 +218,7 @@ def apply_adapters(model, adapters: Sequence[str], merge: bool, base: str):
 
     for i, path in enumerate(adapters):
         trained_on = check_adapter(path, base).get("base_model_name_or_path") or "an unknown base model"
+        _check_same_architecture(path, trained_on, base, model)
         name = f"adapter_{i}"
         try:
             if i == 0 or merge:
