@@ -2,9 +2,12 @@
 
 Run (from the repository root):
 
-    .venv/bin/python benchmarks/train_throughput.py --model tiny --steps 30 --out benchmarks/results/tiny.json
-    .venv/bin/python benchmarks/train_throughput.py --model 0.5b --steps 4 --out benchmarks/results/0.5b.json
-    .venv/bin/python benchmarks/train_throughput.py --model all --out benchmarks/results/all.json
+    .venv/bin/python benchmarks/train_throughput.py --model tiny --out benchmarks/results/train_throughput_tiny_cpu.json
+    .venv/bin/python benchmarks/train_throughput.py --model 0.5b --out benchmarks/results/train_throughput_0.5b_cpu.json
+    .venv/bin/python benchmarks/train_throughput.py --model all --steps 3 --out benchmarks/results/all.json
+
+Defaults: tiny 20 steps at batch 4, 0.5b 3 steps at batch 1 (1024-token steps of the 0.5b model take
+about a minute on 2 CPU cores); `--steps` / `--batch-size` apply to every model of the run.
 
 Every configuration runs `lmforge.train.run.run(cfg)` (tokenize with the template, SFTDataCollator,
 ForgeTrainer, checkpoint and result writing) in its own child process, so the child's peak RSS
@@ -467,6 +470,10 @@ def main() -> None:
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: torch sees no CUDA device")
+    known = {name for *_, configs in MODELS.values() for name in configs}
+    unknown = sorted(set(args.configs or ()) - known)
+    if unknown:
+        parser.error(f"unknown configuration(s) {unknown}; known: {sorted(known)}")
     if args.steps is not None and args.steps < 2:
         parser.error("--steps must be at least 2 (1 warm-up + 1 timed)")
 

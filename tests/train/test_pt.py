@@ -17,3 +17,13 @@ def test_pt_packs_text_into_full_blocks(tiny_llama_dir, tmp_path):
     assert len(logged) == 5 and all(entry["loss"] > 0 for entry in logged)
     assert (out / "adapter_model.safetensors").is_file() and (out / "training_loss.png").is_file()
     assert json.loads((out / "lmforge_run.json").read_text())["stage"] == "pt"
+
+
+def test_packed_token_counts_exclude_padding(tiny_llama_dir, tmp_path):
+    counts = {}
+    for mode in ("packing", "neat_packing"):
+        metrics = train(*tiny_args(tiny_llama_dir, tmp_path / mode, **{mode: "true"}, cutoff_len=256, max_steps=2,
+                                   disable_shuffling="true", per_device_train_batch_size=2))
+        counts[mode] = metrics["num_input_tokens_seen"]
+    # Both feed the same packed blocks; only real tokens count, never the padding tail of a block.
+    assert 0 < counts["packing"] == counts["neat_packing"] < 2 * 2 * 256

@@ -41,6 +41,13 @@ def build_training_args(cfg: RunConfig, resume_from: str | None):
             # CPU autocast in fp16 is unsupported and bf16 autocast is slow; say so instead of failing deep inside.
             if train.fp16:
                 raise UserError("fp16 needs a CUDA GPU; this machine has none. Remove fp16 (or use bf16).")
+            if not _cpu_has_bf16():
+                from lmforge.utils.logging import get_logger
+
+                get_logger(__name__).warning(
+                    "bf16 on this CPU is emulated (about 30x slower than fp32 in lmforge's benchmark); "
+                    "remove bf16 to train in fp32."
+                )
         kwargs.setdefault("use_cpu", True)
         kwargs.setdefault("dataloader_pin_memory", False)
     if "ddp_find_unused_parameters" not in kwargs and cfg.finetune.finetuning_type == "lora":
@@ -81,3 +88,12 @@ def _check_reporters(report_to) -> None:
             continue  # transformers validates the remaining names itself
         if importlib.util.find_spec(package) is None:
             raise UserError(f"report_to: {name} needs the '{package}' package: pip install {package}")
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -35,6 +35,26 @@ class ForgeTrainer(Seq2SeqTrainer):
             self.optimizer = _loraplus_optimizer(self, self.model if model is None else model, ratio)
         return super().create_optimizer(model)
 
+    def _track_num_input_tokens(self, inputs):
+        # The Trainer sums attention_mask, which is wrong for packed batches: neat packing replaces it
+        # with an additive 4D float mask, and plain packing marks each block's padding tail with 1.
+        if self.args.include_num_input_tokens_seen != "non_padding":
+            return super()._track_num_input_tokens(inputs)
+        import torch
+
+        mask = inputs.get("attention_mask")
+        positions = inputs.get("position_ids")
+        if mask is not None and mask.dim() == 4:
+            real = (mask[:, 0].diagonal(dim1=-2, dim2=-1) == 0).sum()  # a real token attends to itself
+        elif positions is not None:
+            real = positions.numel() - (positions.flip(-1).cumsum(-1) == 0).sum()  # trailing zero positions pad
+        elif mask is not None:
+            real = mask.sum()
+        else:
+            return super()._track_num_input_tokens(inputs)
+        real = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
+        self.state.num_input_tokens_seen += self.accelerator.gather(real).sum().item()
+
     def _save_checkpoint(self, model, trial):
         final_dir = Path(self.args.output_dir)
         name = f"checkpoint-{self.state.global_step}"
