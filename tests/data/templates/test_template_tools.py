@@ -311,3 +311,11 @@ def test_tools_with_empty_list_still_open_a_system_turn(qwen_tokenizer, conversa
     _, messages = conversation
     prompt, _ = get_template("qwen3").render_oneturn(qwen_tokenizer, messages[:2], tools="[]")
     assert prompt.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n")
+
+
+def test_default_tool_format_lists_non_string_enums():
+    from lmforge.data.templates import get_template
+
+    tools = '[{"name": "pick", "description": "Pick a level.", "parameters": {"type": "object", "properties": {"level": {"type": "integer", "description": "the level", "enum": [1, 2, 3]}}, "required": ["level"]}}]'
+    text = get_template("default").format_tools(tools)
+    assert "  - level (integer, required): the level, should be one of [1, 2, 3]" in text

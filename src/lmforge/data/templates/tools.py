@@ -90,7 +90,7 @@ def _default_tools(tools: Sequence[dict[str, Any]], date: str | None = None) -> 
         param_text = ""
         for name, param in (parameters.get("properties") or {}).items():
             required = ", required" if name in parameters.get("required", []) else ""
-            enum = ", should be one of [{}]".format(", ".join(param["enum"])) if param.get("enum") else ""
+            enum = ", should be one of [{}]".format(", ".join(str(v) for v in param["enum"])) if param.get("enum") else ""
             items = (
                 ", where each item should be {}".format(param["items"].get("type", "")) if param.get("items") else ""
             )
