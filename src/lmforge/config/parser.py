@@ -11,7 +11,7 @@ import json
 import re
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -356,19 +356,3 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is list:
         return "a comma-separated list"
     return " or ".join(_type_name(a) for a in args) if args else str(hint)
-
-
-def group_defaults(group: str) -> dict[str, Any]:
-    """Default values of one settings group (used in help text and docs)."""
-    out = {}
-    for f in fields(GROUPS[group]):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-    return out
-
-
-def as_dict(obj) -> dict[str, Any]:
-    """A settings dataclass as a plain dict."""
-    return asdict(obj)
