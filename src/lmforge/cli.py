@@ -39,6 +39,8 @@ COMMANDS = [
             "lmforge export CONFIG.yaml [key=value ...]"),
     Command("eval", "Evaluate on MMLU / CMMLU / C-Eval style multiple-choice benchmarks.", "lmforge.eval.run:main",
             "lmforge eval CONFIG.yaml [key=value ...]"),
+    Command("eval-predictions", "Score a generated_predictions.jsonl with BLEU-4 and ROUGE.", "lmforge.eval.score:main",
+            "lmforge eval-predictions FILE [--output SCORES.json]", config=False),
     Command("data", "Inspect datasets: `data preview` renders samples, `data check` validates every row.",
             "lmforge.data.inspect:main", "lmforge data {preview,check} CONFIG.yaml [key=value ...] [--json]"),
     Command("templates", "List chat templates, or show one: `lmforge templates NAME`.", "lmforge.data.templates.show:main",

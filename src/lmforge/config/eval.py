@@ -16,4 +16,5 @@ class EvaluationArguments:
     lang: str = field(default="en", metadata={"help": "Prompt language: en or zh."})
     n_shot: int = field(default=5, metadata={"help": "Number of few-shot examples."})
     save_dir: str | None = field(default=None, metadata={"help": "Where results.json and results.log are written."})
+    overwrite_save_dir: bool = field(default=False, metadata={"help": "Replace the results in an existing save_dir."})
     download_mode: str = field(default="reuse_dataset_if_exists", metadata={"help": "Hub download mode."})

@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
+from lmforge.utils.logging import quiet_known_warnings
 
 if TYPE_CHECKING:
     from lmforge.config import RunConfig
@@ -18,13 +19,18 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     if cfg.finetune.stage not in SUPPORTED:
         raise UserError(f"stage '{cfg.finetune.stage}' is not supported yet; supported stages: {', '.join(SUPPORTED)}.")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_known_warnings()
+    quiet_known_warnings()
     from lmforge.train.outputs import prepare_output_dir
 
     resume_from = prepare_output_dir(cfg)
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
+    if cfg.train.do_predict:
+        # Generation with the serving engine; validation allows it only on its own, in stage sft.
+        from lmforge.eval.predict import run_predict
+
+        return run_predict(cfg)
     if cfg.finetune.stage == "sft":
         from lmforge.train.sft import run_sft
 
@@ -32,14 +38,6 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     from lmforge.train.pt import run_pt
 
     return run_pt(cfg, resume_from, callbacks)
-
-
-def _quiet_known_warnings() -> None:
-    """Silence deprecation notices that libraries raise about their own internal calls, not about the user's config."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r".*'pin_memory' argument is set as true", category=UserWarning)
 
 
 def main(argv: list[str]) -> int:

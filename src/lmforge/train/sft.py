@@ -31,6 +31,11 @@ def run_sft(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
         attn_implementation=ATTENTION[cfg.model.flash_attn],
         compute_dtype=compute_dtype(cfg),
     )
+    metric_kwargs = {}
+    if cfg.finetune.compute_accuracy:
+        from lmforge.train.metrics import argmax_logits, token_accuracy
+
+        metric_kwargs = dict(compute_metrics=token_accuracy, preprocess_logits_for_metrics=argmax_logits)
     trainer = ForgeTrainer(
         model=model,
         args=build_training_args(cfg, resume_from),
@@ -40,6 +45,7 @@ def run_sft(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
         processing_class=tokenizer,
         callbacks=training_callbacks(cfg, resume_from, callbacks),
         finetuning_args=cfg.finetune,
+        **metric_kwargs,
     )
     trainer.remove_callback(PrinterCallback)  # LogCallback prints progress; no raw dicts on the console
     return finish(cfg, trainer, tokenizer, template, dataset, resume_from)

@@ -34,3 +34,11 @@ def get_logger(name: str) -> logging.Logger:
         root.propagate = False
         _configured = True
     return logging.getLogger(name)
+
+
+def quiet_known_warnings() -> None:
+    """Silence deprecation notices that libraries raise about their own internal calls, not about the user's config."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*'pin_memory' argument is set as true", category=UserWarning)
