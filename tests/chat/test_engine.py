@@ -118,7 +118,6 @@ def test_chat_command_scripted(quickstart_run):
     ("backend", "message"),
     [
         ("vllm", "infer_backend: vllm needs the vllm package (pip install vllm, on a CUDA machine)."),
-        ("llamacpp", "infer_backend: llamacpp is not available in this version of lmforge yet; use huggingface."),
     ],
 )
 def test_other_backends_are_explained(backend, message, tiny_llama_dir):

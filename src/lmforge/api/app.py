@@ -216,7 +216,7 @@ def _max_new_tokens(request: ChatCompletionRequest, prompt_length: int, context:
 
 def _context_length(engine: Any) -> int | None:
     config = getattr(getattr(engine, "model", None), "config", None)
-    length = getattr(config, "max_position_embeddings", None)
+    length = getattr(engine, "context_length", None) or getattr(config, "max_position_embeddings", None)
     return length if isinstance(length, int) and length > 0 else None
 
 

@@ -70,9 +70,9 @@ def main(argv: list[str]) -> int:
                         "pip install 'lmforge[api]'.") from None
     _check_port_free(host, port)
 
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.engine import create_engine
 
-    engine = HFEngine(cfg)
+    engine = create_engine(cfg)
     app = create_app(engine, model_name, api_key, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                      root_path=root_path)
     shown = f"[{host}]" if ":" in host else host

@@ -14,9 +14,9 @@ def main(argv: list[str]) -> int:
     from lmforge.config import parse_config
 
     cfg = parse_config("chat", argv)
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.engine import create_engine
 
-    engine = HFEngine(cfg)
+    engine = create_engine(cfg)
     interactive = sys.stdin.isatty()
     if interactive:
         print("Type a message; `clear` resets the history, `exit` quits.", flush=True)

@@ -1,4 +1,4 @@
-"""The Hugging Face inference engine shared by chat, api, webchat and predict.
+"""The Hugging Face inference engine shared by chat, api, webchat and predict (`create_engine` picks the backend).
 
 It renders conversations with the run's template, generates with transformers' `generate`
 (streaming token by token when asked), honours stop strings, and keeps LoRA adapters unmerged
@@ -36,6 +36,9 @@ class HFEngine:
 
     def __init__(self, cfg: RunConfig):
         check_backend(cfg.model.infer_backend)
+        if cfg.model.infer_backend != "huggingface":
+            raise UserError(f"infer_backend: {cfg.model.infer_backend} is served by `lmforge chat`, `webchat` and "
+                            "`api`; use infer_backend: huggingface here.")
         import torch
 
         from lmforge.chat.loading import resolve_model
@@ -184,9 +187,19 @@ def _check_same_architecture(adapter: str, trained_on: str, base: str, model) ->
         )
 
 
+def create_engine(cfg: RunConfig):
+    """The inference engine of `infer_backend`: transformers (HFEngine) or llama.cpp (LlamaCppEngine)."""
+    check_backend(cfg.model.infer_backend)
+    if cfg.model.infer_backend == "llamacpp":
+        from lmforge.chat.llamacpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine(cfg)
+    return HFEngine(cfg)
+
+
 def check_backend(backend: str) -> None:
-    """Only the transformers backend is implemented; say so clearly for the others."""
-    if backend == "huggingface":
+    """transformers and llama.cpp backends are implemented; say so clearly for the others."""
+    if backend in ("huggingface", "llamacpp"):
         return
     if backend == "vllm":
         import importlib.util

@@ -2,7 +2,7 @@
 
 `model_name_or_path` may be a training run folder (it holds `lmforge_run.json`): then the base
 model, the adapters and the template come from the run, so `chat`, `api` and `export` work on
-the folder alone.
+the folder alone. An `lmforge export` folder names its template the same way.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lmforge.export import read_export_file
 from lmforge.train.outputs import read_run_file
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ def resolve_model(cfg: RunConfig) -> ResolvedModel:
         tokenizer = adapters[-1] if adapters and _has_tokenizer(adapters[-1]) else path
         if template is None and adapters:
             template = _run_template(adapters[-1])
+        if template is None:
+            template = (read_export_file(path) or {}).get("template")
         return ResolvedModel(path, adapters, tokenizer, template)
     template = template or run.get("template")
     if run.get("finetuning_type") != "lora":

@@ -50,3 +50,7 @@ class ModelArguments:
     vllm_enforce_eager: bool = field(default=False, metadata={"help": "vLLM: disable CUDA graphs."})
     vllm_max_lora_rank: int = field(default=32, metadata={"help": "vLLM: largest LoRA rank served."})
     vllm_config: dict | None = field(default=None, metadata={"help": "vLLM: extra engine arguments."})
+    llamacpp_n_ctx: int = field(default=4096, metadata={"help": "llama.cpp: context length in tokens (0: the model's own)."})
+    llamacpp_n_gpu_layers: int = field(
+        default=-1, metadata={"help": "llama.cpp: layers offloaded to a GPU build (-1: all; ignored on CPU builds)."}
+    )

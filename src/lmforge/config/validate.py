@@ -172,15 +172,30 @@ def _check_train(cfg: RunConfig, problems: list[str]) -> None:
 
 def _check_export(cfg: RunConfig, problems: list[str]) -> None:
     export = cfg.export
-    _choice(problems, "export_format", export.export_format, EXPORT_FORMATS)
+    if not export.export_format:
+        problems.append(f"'export_format' is empty; choose one or both of: {', '.join(EXPORT_FORMATS)}.")
+    for fmt in export.export_format:
+        _choice(problems, "export_format", fmt, EXPORT_FORMATS)
     _choice(problems, "gguf_type", export.gguf_type, GGUF_TYPES)
     _choice(problems, "export_device", export.export_device, ("cpu", "auto"))
     if cfg.command == "export" and not export.export_dir:
         problems.append("'export_dir' is required: the folder the exported model is written to.")
     if export.export_size <= 0:
         problems.append(f"'export_size' must be a positive number of GB, got {export.export_size}.")
-    if export.export_quantization_bit is not None and cfg.model.adapter_name_or_path:
-        problems.append("quantized export cannot merge adapters: export the merged model first, then quantize it.")
+    if export.export_legacy_format:
+        problems.append("'export_legacy_format' (.bin weights) is not available: transformers 5 writes safetensors "
+                        "only. Remove it or set it to false.")
+    if export.export_quantization_bit is not None:
+        if cfg.model.adapter_name_or_path:
+            problems.append("quantized export cannot merge adapters: export the merged model first, then quantize it.")
+        if export.export_quantization_bit not in (2, 3, 4, 8):
+            problems.append(f"'export_quantization_bit' must be 2, 3, 4 or 8, got {export.export_quantization_bit}.")
+        if "gguf" in export.export_format:
+            problems.append("'export_quantization_bit' (GPTQ) writes safetensors; for a quantized GGUF use "
+                            "export_format: gguf with gguf_type: q8_0 instead.")
+        if not export.export_quantization_dataset:
+            problems.append("'export_quantization_bit' needs 'export_quantization_dataset': a JSON/JSONL file "
+                            "(or hub dataset) with a text column for calibration.")
 
 
 def _check_eval(cfg: RunConfig, problems: list[str]) -> None:

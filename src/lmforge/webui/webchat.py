@@ -43,10 +43,10 @@ def main(argv: list[str]) -> int:
     cfg = parse_config("webchat", argv)
     # Checked before the model loads, so that a typo costs no waiting.
     server_name, server_port, share = server_settings()
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.engine import create_engine
     from lmforge.webui.chat_page import build_chat_page
 
-    engine = HFEngine(cfg)
+    engine = create_engine(cfg)
     heading = f"## lmforge webchat\nModel `{cfg.model.model_name_or_path}`, template `{engine.template.name}`"
     page = build_chat_page(engine, heading=heading)
     page.queue(default_concurrency_limit=1)

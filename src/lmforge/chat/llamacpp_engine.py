@@ -1,0 +1,200 @@
+"""The llama.cpp inference engine (`infer_backend: llamacpp`): serves a GGUF file through llama-cpp-python.
+
+`model_name_or_path` is a `.gguf` file, or a folder holding exactly one (an `lmforge export` folder).
+Prompts are rendered and tokenized exactly as the transformers engine does it (the run's template,
+the tokenizer next to the GGUF or the one inside it), so both engines see the same token ids;
+llama.cpp evaluates them and samples. It has the same interface as `HFEngine`: `prompt_ids`,
+`chat`, `generate_batch`, `stream_chat`, `template`, `tokenizer`, `generating`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmforge.chat.engine import Response, _cut_at_stop
+from lmforge.errors import UserError
+from lmforge.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from lmforge.config import RunConfig
+
+logger = get_logger(__name__)
+
+INSTALL_HINT = ("pip install 'lmforge[llamacpp]' (it compiles llama.cpp: about 15 minutes on 2 CPU cores, "
+                "seconds from pip's cache afterwards)")
+_HANDLED = {"do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "stop",
+            "stopping_criteria", "num_beams", "length_penalty"}
+
+
+def find_gguf(path: str) -> Path:
+    """The GGUF file `model_name_or_path` points at (a file, or a folder with exactly one)."""
+    target = Path(path).expanduser()
+    if target.is_file():
+        if target.suffix != ".gguf":
+            raise UserError(f"infer_backend: llamacpp serves a GGUF file; '{path}' is not a .gguf file. "
+                            "Export one with `lmforge export ... export_format=gguf`.")
+        return target
+    if target.is_dir():
+        found = sorted(target.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise UserError(f"'{path}' holds several GGUF files ({', '.join(p.name for p in found)}); "
+                            "set model_name_or_path to the one to serve.")
+        raise UserError(f"infer_backend: llamacpp serves a GGUF file, and '{path}' holds none. Export one with "
+                        f"`lmforge export ... export_format=gguf`, or use infer_backend: huggingface.")
+    raise UserError(f"GGUF file or folder '{path}' does not exist. Check model_name_or_path.")
+
+
+def _load_tokenizer(gguf: Path):
+    """The export's own tokenizer files when they sit next to the GGUF, else the tokenizer inside the GGUF."""
+    from transformers import AutoTokenizer
+
+    folder = gguf.parent
+    if (folder / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    try:
+        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    except (ValueError, OSError, KeyError) as err:
+        raise UserError(f"Cannot read the tokenizer of '{gguf}': {str(err).splitlines()[0]}") from None
+
+
+class LlamaCppEngine:
+    """llama.cpp generation behind the chat interface of `HFEngine`."""
+
+    def __init__(self, cfg: RunConfig):
+        from lmforge.data.pipeline import prepare_template
+        from lmforge.export import read_export_file
+
+        model_args = cfg.model
+        if model_args.adapter_name_or_path:
+            raise UserError("infer_backend: llamacpp serves a GGUF with its adapters already merged; remove "
+                            "adapter_name_or_path and export the merged model with `lmforge export ... "
+                            "export_format=gguf`.")
+        self.cfg = cfg
+        self.gguf_path = find_gguf(model_args.model_name_or_path)
+        try:
+            import llama_cpp
+        except ImportError:
+            raise UserError(f"infer_backend: llamacpp needs llama-cpp-python: {INSTALL_HINT}.") from None
+
+        self.tokenizer = _load_tokenizer(self.gguf_path)
+        data = cfg.data
+        if data.template is None:
+            saved = (read_export_file(self.gguf_path) or {}).get("template")
+            if saved:
+                data = dataclasses.replace(data, template=saved)
+        self.template = prepare_template(data, self.tokenizer)
+        n_ctx = model_args.llamacpp_n_ctx
+        self.model = llama_cpp.Llama(
+            model_path=str(self.gguf_path), n_ctx=n_ctx, n_gpu_layers=model_args.llamacpp_n_gpu_layers,
+            n_threads=os.cpu_count() or 1, verbose=False,
+        )
+        if len(self.tokenizer) > self.model.n_vocab():
+            raise UserError(f"The template '{self.template.name}' adds tokens that '{self.gguf_path}' does not have "
+                            f"({len(self.tokenizer)} > {self.model.n_vocab()}); use the template it was exported with.")
+        self.context_length = self.model.n_ctx()
+        self.stop_ids = self.template.stop_token_ids(self.tokenizer)
+        self.generating = cfg.generate
+        logger.info(f"llama.cpp serves {self.gguf_path} (context {self.context_length} tokens)")
+
+    # -- prompts ----------------------------------------------------------------------------------
+    def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
+        """Token ids of the generation prompt for a conversation ending with a user/observation turn."""
+        if not messages or messages[-1]["role"] not in ("user", "observation"):
+            raise UserError("The conversation must end with a user (or tool result) message.")
+        if system is None:
+            system = self.generating.system
+        return self.template.encode_prompt(self.tokenizer, list(messages), system, tools)
+
+    def _settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        gen = self.generating
+        unknown = set(overrides) - _HANDLED
+        if unknown:
+            raise UserError(f"infer_backend: llamacpp does not support {', '.join(sorted(unknown))}.")
+        settings = {key: getattr(gen, key) for key in ("do_sample", "temperature", "top_p", "top_k",
+                                                       "max_new_tokens", "repetition_penalty", "num_beams")}
+        settings.update({k: v for k, v in overrides.items() if v is not None and k in settings})
+        if settings["num_beams"] > 1:
+            raise UserError("infer_backend: llamacpp does not do beam search; set num_beams: 1.")
+        settings["stop"] = list(overrides.get("stop") or gen.stop or [])
+        settings["stopping_criteria"] = overrides.get("stopping_criteria")
+        return settings
+
+    def _tokens(self, prompt: list[int], settings: dict[str, Any]) -> Iterator[int]:
+        """Generated token ids until a stop token, max_new_tokens, the context end, or a stopping criterion."""
+        import torch
+
+        room = self.context_length - len(prompt)
+        if room <= 0:
+            raise UserError(f"The prompt has {len(prompt)} tokens, but llama.cpp's context holds "
+                            f"{self.context_length}; raise llamacpp_n_ctx or shorten the conversation.")
+        sampling = settings["do_sample"] and settings["temperature"] != 0
+        kwargs = dict(temp=0.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
+                      repeat_penalty=settings["repetition_penalty"])
+        if sampling:
+            kwargs.update(temp=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"])
+            # Drawn from torch's generator, so that `torch.manual_seed` (the API's `seed`) fixes the answer.
+            self.model.set_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+        criteria = settings["stopping_criteria"]
+        generated: list[int] = []
+        for token in self.model.generate(prompt, reset=True, **kwargs):
+            generated.append(token)
+            yield token
+            if token in self.stop_ids or len(generated) >= min(settings["max_new_tokens"], room):
+                return
+            if criteria is not None and bool(criteria(torch.tensor([prompt + generated]), None).any()):
+                return
+
+    # -- generation -------------------------------------------------------------------------------
+    def chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
+             **overrides) -> Response:
+        """Generate one complete answer."""
+        return self.generate_batch([self.prompt_ids(messages, system, tools)], **overrides)[0]
+
+    def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Response]:
+        """Generate answers for several prompts (one after the other: llama.cpp runs one sequence here)."""
+        settings = self._settings(overrides)
+        return [self._response(list(self._tokens(list(p), settings)), len(p), settings) for p in prompts]
+
+    def _response(self, generated: list[int], prompt_length: int, settings: dict[str, Any]) -> Response:
+        ended = next((i for i, t in enumerate(generated) if t in self.stop_ids), None)
+        tokens = generated if ended is None else generated[:ended]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=self.generating.skip_special_tokens)
+        hit = _cut_at_stop(text, settings["stop"])
+        finish = "stop" if ended is not None or hit is not None or len(generated) < settings["max_new_tokens"] \
+            else "length"
+        return Response(text if hit is None else text[:hit], len(tokens), prompt_length, finish)
+
+    def stream_chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
+                    **overrides) -> Iterator[str]:
+        """Yield the answer piece by piece as it is generated (stop strings are never yielded)."""
+        ids = self.prompt_ids(messages, system, tools)
+        settings = self._settings(overrides)
+        stop = settings["stop"]
+        hold = max((len(s) for s in stop), default=0)
+        tokens: list[int] = []
+        text, sent = "", 0
+        for token in self._tokens(ids, settings):
+            if token in self.stop_ids:
+                break
+            tokens.append(token)
+            text = self.tokenizer.decode(tokens, skip_special_tokens=self.generating.skip_special_tokens)
+            if text.endswith("\ufffd"):
+                continue  # a character split across tokens: wait for its last byte
+            hit = _cut_at_stop(text, stop)
+            if hit is not None:
+                if hit > sent:
+                    yield text[sent:hit]
+                return
+            # Hold back a tail that could be the start of a stop string.
+            safe = len(text) - hold
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        if len(text) > sent:
+            yield text[sent:]
