@@ -18,7 +18,9 @@ class ExportArguments:
     )
     export_quantization_nsamples: int = field(default=128, metadata={"help": "Calibration samples for GPTQ."})
     export_quantization_maxlen: int = field(default=1024, metadata={"help": "Calibration sample length for GPTQ."})
-    export_legacy_format: bool = field(default=False, metadata={"help": "Write .bin instead of safetensors."})
+    export_legacy_format: bool = field(
+        default=False, metadata={"help": "Write .bin weights: refused, transformers 5 writes safetensors only."}
+    )
     export_hub_model_id: str | None = field(default=None, metadata={"help": "Push the export to this hub repo."})
     export_format: list[str] = field(
         default_factory=lambda: ["safetensors"],
