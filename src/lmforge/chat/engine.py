@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import UserError
-from lmforge.utils.logging import get_logger
+from lmforge.utils.logging import get_logger, quiet_known_warnings
 
 if TYPE_CHECKING:
     from lmforge.config import RunConfig
@@ -39,6 +39,7 @@ class HFEngine:
         if cfg.model.infer_backend != "huggingface":
             raise UserError(f"infer_backend: {cfg.model.infer_backend} is served by `lmforge chat`, `webchat` and "
                             "`api`; use infer_backend: huggingface here.")
+        quiet_known_warnings()
         import torch
 
         from lmforge.chat.loading import resolve_model
@@ -188,26 +189,26 @@ def _check_same_architecture(adapter: str, trained_on: str, base: str, model) ->
 
 
 def create_engine(cfg: RunConfig):
-    """The inference engine of `infer_backend`: transformers (HFEngine) or llama.cpp (LlamaCppEngine)."""
+    """The inference engine of `infer_backend`: transformers (HFEngine), vLLM or llama.cpp."""
     check_backend(cfg.model.infer_backend)
     if cfg.model.infer_backend == "llamacpp":
         from lmforge.chat.llamacpp_engine import LlamaCppEngine
 
         return LlamaCppEngine(cfg)
+    if cfg.model.infer_backend == "vllm":
+        from lmforge.chat.vllm_engine import VllmEngine
+
+        return VllmEngine(cfg)
     return HFEngine(cfg)
 
 
-def check_backend(backend: str) -> None:
-    """transformers and llama.cpp backends are implemented; say so clearly for the others."""
-    if backend in ("huggingface", "llamacpp"):
-        return
-    if backend == "vllm":
-        import importlib.util
+BACKENDS = ("huggingface", "vllm", "llamacpp")
 
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError("infer_backend: vllm needs the vllm package (pip install vllm, on a CUDA machine).")
-        raise UserError("infer_backend: vllm is not available in this version of lmforge yet; use huggingface.")
-    raise UserError(f"infer_backend: {backend} is not available in this version of lmforge yet; use huggingface.")
+
+def check_backend(backend: str) -> None:
+    """An unknown backend is a clear error (each engine checks its own package when it starts)."""
+    if backend not in BACKENDS:
+        raise UserError(f"infer_backend: {backend} is not one of {', '.join(BACKENDS)}.")
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> int | None:

@@ -158,6 +158,13 @@ def _check_train(cfg: RunConfig, problems: list[str]) -> None:
         problems.append("'predict_with_generate' only applies to stage sft.")
     if ft.stage == "sft" and train.do_predict and not train.predict_with_generate:
         problems.append("'do_predict' in stage sft needs 'predict_with_generate: true'.")
+    if train.do_predict and ft.stage != "sft":
+        problems.append(f"'do_predict' is supported in stage sft only (stage is {ft.stage}).")
+    if train.do_predict and data.streaming:
+        problems.append("'do_predict' needs a dataset of known length: remove 'streaming'.")
+    if train.predict_with_generate and (train.do_train or train.do_eval):
+        problems.append("'predict_with_generate' cannot be combined with do_train or do_eval: run prediction "
+                        "(do_predict) as its own run, on the trained output_dir or adapter.")
     if train.predict_with_generate and ft.compute_accuracy:
         problems.append("'predict_with_generate' and 'compute_accuracy' cannot both be true.")
     if train.per_device_train_batch_size <= 0:
@@ -205,3 +212,5 @@ def _check_eval(cfg: RunConfig, problems: list[str]) -> None:
     _choice(problems, "lang", ev.lang, ("en", "zh"))
     if ev.n_shot < 0:
         problems.append(f"'n_shot' must be >= 0, got {ev.n_shot}.")
+    if ev.batch_size <= 0:
+        problems.append(f"'batch_size' must be positive, got {ev.batch_size}.")
