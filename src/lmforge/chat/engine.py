@@ -31,7 +31,35 @@ class Response:
     finish_reason: str  # "stop" or "length"
 
 
-class HFEngine:
+class ChatEngine:
+    """What every engine shares: conversations rendered to prompt ids by the run's template.
+
+    A subclass sets `template`, `tokenizer`, `generating` and `stop_ids`, and implements
+    `generate_batch` and `stream_chat`.
+    """
+
+    template: Any
+    tokenizer: Any
+    generating: Any
+
+    def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
+        """Token ids of the generation prompt for a conversation ending with a user/observation turn."""
+        if not messages or messages[-1]["role"] not in ("user", "observation"):
+            raise UserError("The conversation must end with a user (or tool result) message.")
+        if system is None:
+            system = self.generating.system
+        return self.template.encode_prompt(self.tokenizer, list(messages), system, tools)
+
+    def chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
+             **overrides) -> Response:
+        """Generate one complete answer."""
+        return self.generate_batch([self.prompt_ids(messages, system, tools)], **overrides)[0]
+
+    def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Response]:
+        raise NotImplementedError
+
+
+class HFEngine(ChatEngine):
     """transformers `generate` behind a chat interface."""
 
     def __init__(self, cfg: RunConfig):
@@ -67,15 +95,6 @@ class HFEngine:
         self.stop_ids = self.template.stop_token_ids(self.tokenizer)
         self.generating = cfg.generate
 
-    # -- prompts ----------------------------------------------------------------------------------
-    def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
-        """Token ids of the generation prompt for a conversation ending with a user/observation turn."""
-        if not messages or messages[-1]["role"] not in ("user", "observation"):
-            raise UserError("The conversation must end with a user (or tool result) message.")
-        if system is None:
-            system = self.generating.system
-        return self.template.encode_prompt(self.tokenizer, list(messages), system, tools)
-
     def _generate_kwargs(self, overrides: dict[str, Any]) -> dict[str, Any]:
         gen = self.generating.to_generate_kwargs()
         gen.update({k: v for k, v in overrides.items() if v is not None and k != "stop"})
@@ -91,11 +110,6 @@ class HFEngine:
         return gen
 
     # -- generation -------------------------------------------------------------------------------
-    def chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
-             **overrides) -> Response:
-        """Generate one complete answer."""
-        return self.generate_batch([self.prompt_ids(messages, system, tools)], **overrides)[0]
-
     def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Response]:
         """Generate answers for several prompts together (left padding)."""
         import torch

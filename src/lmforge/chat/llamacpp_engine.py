@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmforge.chat.engine import Response, _cut_at_stop
+from lmforge.chat.engine import ChatEngine, Response, _cut_at_stop
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
@@ -63,7 +63,7 @@ def _load_tokenizer(gguf: Path):
         raise UserError(f"Cannot read the tokenizer of '{gguf}': {str(err).splitlines()[0]}") from None
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(ChatEngine):
     """llama.cpp generation behind the chat interface of `HFEngine`."""
 
     def __init__(self, cfg: RunConfig):
@@ -101,15 +101,6 @@ class LlamaCppEngine:
         self.stop_ids = self.template.stop_token_ids(self.tokenizer)
         self.generating = cfg.generate
         logger.info(f"llama.cpp serves {self.gguf_path} (context {self.context_length} tokens)")
-
-    # -- prompts ----------------------------------------------------------------------------------
-    def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
-        """Token ids of the generation prompt for a conversation ending with a user/observation turn."""
-        if not messages or messages[-1]["role"] not in ("user", "observation"):
-            raise UserError("The conversation must end with a user (or tool result) message.")
-        if system is None:
-            system = self.generating.system
-        return self.template.encode_prompt(self.tokenizer, list(messages), system, tools)
 
     def _settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
         gen = self.generating
@@ -151,11 +142,6 @@ class LlamaCppEngine:
                 return
 
     # -- generation -------------------------------------------------------------------------------
-    def chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
-             **overrides) -> Response:
-        """Generate one complete answer."""
-        return self.generate_batch([self.prompt_ids(messages, system, tools)], **overrides)[0]
-
     def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Response]:
         """Generate answers for several prompts (one after the other: llama.cpp runs one sequence here)."""
         settings = self._settings(overrides)

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmforge.chat.engine import Response
+from lmforge.chat.engine import ChatEngine, Response
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
@@ -82,7 +82,7 @@ def engine_settings(cfg: RunConfig, base: str, adapters: Sequence[str]) -> dict:
     return settings
 
 
-class VllmEngine:
+class VllmEngine(ChatEngine):
     """vLLM generation behind the chat interface of `HFEngine`."""
 
     def __init__(self, cfg: RunConfig):
@@ -115,19 +115,6 @@ class VllmEngine:
         self._sampling_params = vllm.SamplingParams
         self.llm = vllm.LLM(**engine_settings(cfg, resolved.base, resolved.adapters))
         logger.info(f"vLLM serves {resolved.base}" + (f" with the adapter {resolved.adapters[0]}" if self.lora else ""))
-
-    def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
-        """Token ids of the generation prompt for a conversation ending with a user/observation turn."""
-        if not messages or messages[-1]["role"] not in ("user", "observation"):
-            raise UserError("The conversation must end with a user (or tool result) message.")
-        if system is None:
-            system = self.generating.system
-        return self.template.encode_prompt(self.tokenizer, list(messages), system, tools)
-
-    def chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
-             **overrides) -> Response:
-        """Generate one complete answer."""
-        return self.generate_batch([self.prompt_ids(messages, system, tools)], **overrides)[0]
 
     def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Response]:
         """Generate answers for several prompts in one vLLM call (vLLM schedules them together)."""

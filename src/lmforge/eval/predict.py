@@ -72,6 +72,7 @@ def _generate_all(cfg: RunConfig, engine, dataset, target: Path) -> dict:
 
     tokenizer = engine.tokenizer
     batch_size = max(1, cfg.train.per_device_eval_batch_size)
+    # The answer length is max_new_tokens, which wins over generation_max_length as in transformers.
     overrides = {}
     if cfg.train.generation_num_beams:
         overrides["num_beams"] = cfg.train.generation_num_beams
@@ -85,11 +86,7 @@ def _generate_all(cfg: RunConfig, engine, dataset, target: Path) -> dict:
         for start in range(0, total, batch_size):
             batch = dataset[start : start + batch_size]
             prompts = [list(ids) for ids in batch["input_ids"]]
-            batch_overrides = dict(overrides)
-            if cfg.train.generation_max_length:
-                # A total length, as in transformers: what is left after the longest prompt of the batch.
-                batch_overrides["max_new_tokens"] = max(1, cfg.train.generation_max_length - max(map(len, prompts)))
-            responses = engine.generate_batch(prompts, **batch_overrides)
+            responses = engine.generate_batch(prompts, **overrides)
             lines = []
             for ids, labels, response in zip(prompts, batch["labels"], responses):
                 label = tokenizer.decode([t for t in labels if t != IGNORE_INDEX], skip_special_tokens=True)
