@@ -70,7 +70,9 @@ def run_eval(cfg: RunConfig) -> dict[str, float]:
     ev = cfg.eval
     parse_task(ev.task)
     save_dir = check_save_dir(ev.save_dir, ev.overwrite_save_dir)
-    subjects = load_task(ev.task_dir, ev.task, need_dev=ev.n_shot > 0)  # data problems surface before the model loads
+    hub_options = {"download_mode": ev.download_mode, "cache_dir": cfg.model.cache_dir, "token": cfg.model.hf_hub_token}
+    # Data problems surface before the model loads.
+    subjects = load_task(ev.task_dir, ev.task, need_dev=ev.n_shot > 0, hub_options=hub_options)
     from tqdm.auto import tqdm
 
     from lmforge.chat.engine import HFEngine

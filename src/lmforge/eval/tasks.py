@@ -61,8 +61,11 @@ def parse_task(task: str) -> tuple[str, str]:
     return name, "validation" if split == "val" else split
 
 
-def load_task(task_dir: str, task: str, need_dev: bool) -> list[Subject]:
-    """Every subject of the task with its dev rows (few-shot examples) and its evaluated rows."""
+def load_task(task_dir: str, task: str, need_dev: bool, hub_options: dict | None = None) -> list[Subject]:
+    """Every subject of the task with its dev rows (few-shot examples) and its evaluated rows.
+
+    `hub_options` go to `datasets.load_dataset` for subjects read from the hub (download_mode, cache_dir, token).
+    """
     name, split = parse_task(task)
     root = Path(task_dir) / name
     mapping_file = root / "mapping.json"
@@ -73,7 +76,7 @@ def load_task(task_dir: str, task: str, need_dev: bool) -> list[Subject]:
             '{"subject": {"name": ..., "category": ...}}, next to the CSV files.'
         )
     mapping = _read_mapping(mapping_file)
-    files = _TaskFiles(root, name)
+    files = _TaskFiles(root, name, hub_options or {})
     subjects = []
     for key, info in mapping.items():
         subject = Subject(key, info["name"], info["category"])
@@ -100,8 +103,8 @@ def _read_mapping(path: Path) -> dict[str, dict]:
 class _TaskFiles:
     """Finds a subject's CSV for a split on disk, in the task's zip, or on the hub."""
 
-    def __init__(self, root: Path, name: str):
-        self.root, self.name = root, name
+    def __init__(self, root: Path, name: str, hub_options: dict):
+        self.root, self.name, self.hub_options = root, name, hub_options
         zips = sorted(root.glob("*.zip"))
         self.archive = zipfile.ZipFile(zips[0]) if zips else None
 
@@ -119,7 +122,7 @@ class _TaskFiles:
                     text = self.archive.read(member).decode("utf-8-sig")
                     return _parse_csv(text, f"{self.archive.filename}:{member}")
         if self.name in HUB_DATASETS:
-            return _hub_rows(self.name, subject, split)
+            return _hub_rows(self.name, subject, split, self.hub_options)
         tried = ", ".join(self._candidates(subject, SPLIT_FOLDERS[split][0]))
         raise UserError(f"No {split} data for subject '{subject}' in {self.root} (looked for {tried}).")
 
@@ -187,7 +190,7 @@ def _bad_answer(value: str) -> str:
     return f"answer '{value}' is not one of A, B, C, D."
 
 
-def _hub_rows(name: str, subject: str, split: str) -> list[Question]:
+def _hub_rows(name: str, subject: str, split: str, options: dict) -> list[Question]:
     """A public benchmark's subject from the hub (needs a network; offline it fails with a clear message)."""
     repo = HUB_DATASETS[name]
     hub_split = {"dev": "dev", "train": "dev", "validation": "validation" if name == "mmlu" else "val",
@@ -195,7 +198,7 @@ def _hub_rows(name: str, subject: str, split: str) -> list[Question]:
     try:
         from datasets import load_dataset
 
-        dataset = load_dataset(repo, subject, split=hub_split)
+        dataset = load_dataset(repo, subject, split=hub_split, **options)
     except Exception as err:  # noqa: BLE001 - any failure here means "not available from the hub"
         raise UserError(
             f"Subject '{subject}' of {name} has no local CSV and could not be loaded from the hub dataset {repo} "
