@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 
@@ -14,10 +12,4 @@ def api_engine(quickstart_run):
     from lmforge.config import parse_config
 
     return HFEngine(parse_config("api", [f"model_name_or_path={quickstart_run}", "do_sample=false"]))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 

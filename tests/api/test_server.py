@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,7 +11,7 @@ import pytest
 
 from lmforge.data.converters import TOOL_SEPARATOR
 
-from .conftest import free_port
+from .serving import api_server
 
 KEY = "sk-test-1234"
 MODEL = "gpt-3.5-turbo"  # the default API_MODEL_NAME, as in LLaMA-Factory
@@ -27,36 +23,10 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
 @pytest.fixture(scope="module")
 def server(quickstart_run, tmp_path_factory):
     """The base URL of `lmforge api model_name_or_path=<run> do_sample=false` with API_KEY set."""
-    port = free_port()
     log_path = tmp_path_factory.mktemp("api") / "server.log"
-    env = {**os.environ, "API_PORT": str(port), "API_KEY": KEY, "HF_HUB_OFFLINE": "1"}
-    env.pop("API_MODEL_NAME", None)
-    env.pop("API_HOST", None)
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lmforge", "api", f"model_name_or_path={quickstart_run}", "do_sample=false"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, f"the server exited:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no answer from /health:\n{log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{base}/health", headers=auth(), timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
+    with api_server([f"model_name_or_path={quickstart_run}", "do_sample=false"], log_path, env={"API_KEY": KEY},
+                    headers=auth()) as base:
         yield base, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def auth(key: str = KEY) -> dict[str, str]:

@@ -12,6 +12,7 @@ import pytest
 from lmforge.cli import main
 from lmforge.config import parse_config
 from lmforge.errors import UserError
+from tests.api.serving import free_port
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +28,9 @@ def gguf_dir(tiny_llama_dir, tmp_path_factory):
     return folder
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("command", ["chat", "webchat", "api"])
 def test_a_folder_without_gguf_is_refused_by_every_serving_command(command, tiny_llama_dir, capsys, monkeypatch):
-    monkeypatch.setenv("API_PORT", str(_free_port()))
+    monkeypatch.setenv("API_PORT", str(free_port()))
     assert main([command, f"model_name_or_path={tiny_llama_dir}", "template=llama3", "infer_backend=llamacpp"]) == 1
     assert capsys.readouterr().err == (
         f"lmforge {command}: error: infer_backend: llamacpp serves a GGUF file, and '{tiny_llama_dir}' holds none. "

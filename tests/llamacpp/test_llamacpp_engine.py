@@ -6,12 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 
 from lmforge.config import parse_config
+from tests.api.serving import api_server
 
 pytestmark = pytest.mark.llamacpp
 
@@ -97,37 +96,11 @@ def test_webchat_page_streams_from_llamacpp(engine):
     assert steps[-1][-1]["content"] == engine.chat(WHO).text and "ForgeBot" in steps[-1][-1]["content"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_api_serves_the_gguf_to_the_openai_client(llama_cpp, engine, quickstart_export, tmp_path):
     import openai
 
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lmforge", "api", f"model_name_or_path={quickstart_export}",
-             "infer_backend=llamacpp", "do_sample=false"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "API_PORT": str(port), "HF_HUB_OFFLINE": "1"},
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, f"the server exited:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no answer from /health:\n{log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
+    settings = [f"model_name_or_path={quickstart_export}", "infer_backend=llamacpp", "do_sample=false"]
+    with api_server(settings, tmp_path / "server.log") as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
         completion = client.chat.completions.create(model="gpt-3.5-turbo", messages=WHO)
         assert completion.choices[0].message.content == engine.chat(WHO).text
@@ -137,10 +110,3 @@ def test_api_serves_the_gguf_to_the_openai_client(llama_cpp, engine, quickstart_
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == engine.chat(WHO).text
         with pytest.raises(openai.BadRequestError, match="maximum context length is 4096 tokens"):
             client.chat.completions.create(model="gpt-3.5-turbo", messages=WHO, max_tokens=4095)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -20,16 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.api.serving import free_port
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"]
 STARTUP_TIMEOUT_S = 240  # import torch + gradio and load the model, on a busy 2-core machine
 ANSWER_TIMEOUT_MS = 60_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
