@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
 from lmforge.export import EXPORT_FILE
-from lmforge.utils.logging import get_logger
+from lmforge.utils.logging import get_logger, quiet_known_warnings
 
 if TYPE_CHECKING:
     from lmforge.config import RunConfig
@@ -45,6 +45,7 @@ def run_export(cfg: RunConfig) -> Path:
     from lmforge.chat.loading import resolve_model
     from lmforge.train.outputs import staging_dir
 
+    quiet_known_warnings()
     export = cfg.export
     export_dir = Path(export.export_dir)
     resolved = resolve_model(cfg)

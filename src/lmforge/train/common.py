@@ -34,7 +34,11 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
     model = load_model(cfg.model, tokenizer, compute_dtype(cfg), trainable=trainable, max_length=cfg.data.cutoff_len)
     if trainable and not cfg.model.disable_gradient_checkpointing:
         # Recompute activations in the backward pass: much less memory for a little more compute.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": cfg.model.use_reentrant_gc})
+        options = {"use_reentrant": cfg.model.use_reentrant_gc}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
         model.enable_input_require_grads()
     stop_ids = template.stop_token_ids(tokenizer)
     model.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
