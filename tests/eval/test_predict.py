@@ -49,6 +49,7 @@ def test_predict_example_writes_predictions_and_scores(quickstart_run, tiny_llam
     assert saved == metrics
     assert {k: saved[k] for k in expected} == expected
     assert saved["predict_samples"] == 12 and saved["predict_runtime"] > 0 and saved["predict_samples_per_second"] > 0
+    assert saved["predict_tokens_per_second"] > 0
     assert saved["predict_bleu-4"] > 20  # far from random text: the trained answers share most characters
     assert json.loads((out / "all_results.json").read_text(encoding="utf-8")) == saved
     assert f"predict_bleu-4             = {saved['predict_bleu-4']}" in capsys.readouterr().out

@@ -79,7 +79,7 @@ def _generate_all(cfg: RunConfig, engine, dataset, target: Path) -> dict:
     scorer = SimilarityScorer()
     total = len(dataset)
     started = time.perf_counter()
-    steps = 0
+    steps = generated = 0
     with open(target, "w", encoding="utf-8") as handle, tqdm(
         total=total, desc="Predicting", unit="sample", file=sys.stderr, dynamic_ncols=True
     ) as bar:
@@ -89,6 +89,7 @@ def _generate_all(cfg: RunConfig, engine, dataset, target: Path) -> dict:
             responses = engine.generate_batch(prompts, **overrides)
             lines = []
             for ids, labels, response in zip(prompts, batch["labels"], responses):
+                generated += response.response_length
                 label = tokenizer.decode([t for t in labels if t != IGNORE_INDEX], skip_special_tokens=True)
                 scorer.score(response.text, label)
                 record = {"prompt": tokenizer.decode(ids, skip_special_tokens=False), "predict": response.text,
@@ -104,6 +105,7 @@ def _generate_all(cfg: RunConfig, engine, dataset, target: Path) -> dict:
         predict_runtime=round(runtime, 4),
         predict_samples_per_second=round(total / runtime, 3) if runtime else 0.0,
         predict_steps_per_second=round(steps / runtime, 3) if runtime else 0.0,
+        predict_tokens_per_second=round(generated / runtime, 2) if runtime else 0.0,  # generated tokens
         predict_samples=total,
     )
     return metrics
