@@ -45,15 +45,17 @@ def choice_token_ids(tokenizer) -> list[int]:
 def choose_letters(model, prompts: list[list[int]], choice_ids: list[int], batch_size: int, pad_id: int) -> list[str]:
     """The most probable letter after each prompt, computed in batches.
 
-    Prompts are left-padded with explicit position ids, so each row's last position is its own last
-    token and only that position's logits are computed.
+    Prompts are batched by length (less padding) and left-padded with explicit position ids, so each
+    row's last position is its own last token and only that position's logits are computed.
     """
     import torch
 
-    letters = []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    letters: list[str] = [""] * len(prompts)
     device = model.device
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = [prompts[i] for i in rows]
         width = max(len(p) for p in batch)
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
@@ -61,7 +63,8 @@ def choose_letters(model, prompts: list[list[int]], choice_ids: list[int], batch
         with torch.inference_mode():
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
         scores = torch.softmax(logits[:, -1, choice_ids].float(), dim=-1)
-        letters += [CHOICES[i] for i in scores.argmax(dim=-1).tolist()]
+        for row, choice in zip(rows, scores.argmax(dim=-1).tolist()):
+            letters[row] = CHOICES[choice]
     return letters
 
 
