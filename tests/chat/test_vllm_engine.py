@@ -45,6 +45,12 @@ def test_engine_settings():
     assert settings["max_num_seqs"] == 8 and settings["enforce_eager"] is True  # vllm_config wins
     with pytest.raises(UserError, match="infer_backend: vllm serves one LoRA adapter"):
         engine_settings(cfg, "base", ["a", "b"])
+    quantized = parse_config("chat", ["model_name_or_path=m", "infer_backend=vllm", "quantization_bit=4"])
+    with pytest.raises(UserError, match=r"infer_backend: vllm does not load bitsandbytes quantization \(quantization_bit\); remove it."):
+        engine_settings(quantized, "base", [])
+    scaled = parse_config("chat", ["model_name_or_path=m", "infer_backend=vllm", "rope_scaling=linear"])
+    with pytest.raises(UserError, match="infer_backend: vllm takes rope scaling from the model's config; remove rope_scaling."):
+        engine_settings(scaled, "base", [])
 
 
 def test_missing_vllm_is_a_clear_error(tiny_llama_dir):

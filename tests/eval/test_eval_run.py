@@ -100,7 +100,8 @@ def test_existing_save_dir_is_refused(tiny_llama_dir, task_dir, tmp_path, capsys
     save.mkdir()
     (save / "results.log").write_text("earlier results\n")
     assert _eval(tiny_llama_dir, task_dir, save, "task=tiny_mmlu_test", "n_shot=0") == 1
-    assert "save_dir '" in capsys.readouterr().err
+    assert (f"save_dir '{save}' already exists. Set overwrite_save_dir: true to replace it, or choose another "
+            "save_dir.") in capsys.readouterr().err
     assert (save / "results.log").read_text() == "earlier results\n"
     assert _eval(tiny_llama_dir, task_dir, save, "task=tiny_mmlu_test", "n_shot=0", "overwrite_save_dir=true") == 0
     assert (save / "results.log").read_text().startswith("        Average: ")

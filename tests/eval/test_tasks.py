@@ -124,3 +124,5 @@ def test_eval_cli_errors_before_loading_a_model(tmp_path, capsys):
     assert main(["eval", "task=mmlu_test", "lang=fr", "n_shot=-1", "model_name_or_path=unused"]) == 1
     err = capsys.readouterr().err
     assert "'lang' is 'fr', which is not one of: en, zh" in err and "'n_shot' must be >= 0, got -1." in err
+    assert main(["eval", "task=mmlu_test", "batch_size=0", "model_name_or_path=unused"]) == 1
+    assert "'batch_size' must be positive, got 0." in capsys.readouterr().err

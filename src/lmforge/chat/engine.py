@@ -63,7 +63,6 @@ class HFEngine(ChatEngine):
     """transformers `generate` behind a chat interface."""
 
     def __init__(self, cfg: RunConfig):
-        check_backend(cfg.model.infer_backend)
         if cfg.model.infer_backend != "huggingface":
             raise UserError(f"infer_backend: {cfg.model.infer_backend} is served by `lmforge chat`, `webchat` and "
                             "`api`; use infer_backend: huggingface here.")
@@ -203,8 +202,7 @@ def _check_same_architecture(adapter: str, trained_on: str, base: str, model) ->
 
 
 def create_engine(cfg: RunConfig):
-    """The inference engine of `infer_backend`: transformers (HFEngine), vLLM or llama.cpp."""
-    check_backend(cfg.model.infer_backend)
+    """The inference engine of `infer_backend` (validated with the config): transformers, vLLM or llama.cpp."""
     if cfg.model.infer_backend == "llamacpp":
         from lmforge.chat.llamacpp_engine import LlamaCppEngine
 
@@ -214,15 +212,6 @@ def create_engine(cfg: RunConfig):
 
         return VllmEngine(cfg)
     return HFEngine(cfg)
-
-
-BACKENDS = ("huggingface", "vllm", "llamacpp")
-
-
-def check_backend(backend: str) -> None:
-    """An unknown backend is a clear error (each engine checks its own package when it starts)."""
-    if backend not in BACKENDS:
-        raise UserError(f"infer_backend: {backend} is not one of {', '.join(BACKENDS)}.")
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> int | None:

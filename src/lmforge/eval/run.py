@@ -10,7 +10,6 @@ Accuracy is reported per category (STEM, Social Sciences, Humanities, Other) and
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,15 +112,12 @@ def _save(save_dir: Path, results: dict, report: str) -> None:
     """results.json and results.log appear together: written in a staging folder, then renamed."""
     import json
 
-    save_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = save_dir.parent / f".staging-{save_dir.name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    from lmforge.train.outputs import publish_dir, staging_dir
+
+    staging = staging_dir(save_dir.parent, save_dir.name)
     (staging / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (staging / "results.log").write_text(report + "\n", encoding="utf-8")
-    if save_dir.exists():
-        shutil.rmtree(save_dir) if save_dir.is_dir() else save_dir.unlink()
-    staging.rename(save_dir)
+    publish_dir(staging, save_dir)
 
 
 def main(argv: list[str]) -> int:

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
 def run_export(cfg: RunConfig) -> Path:
     """Export the model of `cfg` into `export_dir`; return the folder."""
     from lmforge.chat.loading import resolve_model
-    from lmforge.train.outputs import staging_dir
+    from lmforge.train.outputs import publish_dir, staging_dir
 
     quiet_known_warnings()
     export = cfg.export
@@ -174,19 +174,6 @@ def _readable_by_all(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
             os.chmod(path, 0o666 & ~mask)
-
-
-def publish_dir(staging: Path, export_dir: Path) -> None:
-    """Put the finished `staging` folder in place of `export_dir` (renames, never a partial folder)."""
-    if not export_dir.exists():
-        os.rename(staging, export_dir)
-        return
-    previous = staging.with_name(f"{staging.name}.previous")
-    if previous.exists():
-        shutil.rmtree(previous)
-    os.rename(export_dir, previous)
-    os.rename(staging, export_dir)
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 def push_to_hub(folder: Path, repo_id: str, token: str | None) -> None:

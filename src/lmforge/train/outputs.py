@@ -111,6 +111,22 @@ def publish_files(staging: Path, output_dir: Path) -> list[str]:
     return names
 
 
+def publish_dir(staging: Path, target: Path) -> None:
+    """Put the finished `staging` folder in place of `target` (renames only: never a partial folder)."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    previous = staging.with_name(f"{staging.name}.previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    os.rename(target, previous)
+    os.rename(staging, target)
+    if previous.is_dir():
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        previous.unlink(missing_ok=True)
+
+
 def write_run_file(cfg: RunConfig, output_dir: Path, template_name: str | None, extra: dict | None = None) -> None:
     """The run's self-description, written last: chat, api and export read the template from it."""
     from lmforge import __version__
