@@ -11,5 +11,7 @@ CONFIG=examples/train_lora/tiny_llama_lora_sft.yaml
 $LMFORGE data check $CONFIG
 $LMFORGE data preview $CONFIG --num 1
 $LMFORGE train $CONFIG
+# Asked in its own step so that a failing chat fails the quick start (inside `echo` it would not).
+answer=$(echo 'Who are you?' | $LMFORGE chat model_name_or_path=saves/tiny-llama/lora/sft do_sample=false)
 echo
-echo "Who are you?  ->  $(echo 'Who are you?' | $LMFORGE chat model_name_or_path=saves/tiny-llama/lora/sft do_sample=false)"
+echo "Who are you?  ->  $answer"

@@ -19,36 +19,36 @@ from lmforge.errors import UserError, did_you_mean
 class Command:
     name: str
     summary: str
-    target: str  # "module:function"; the function takes the argument list and returns an exit code
+    target: str  # "module:function" (lmforge.commands.<name>:main); takes the argument list, returns an exit code
     usage: str
     config: bool = True  # takes a YAML/JSON config plus key=value overrides
 
 
 COMMANDS = [
-    Command("train", "Fine-tune or pre-train a model (sft, pt; LoRA, freeze, full).", "lmforge.train.run:main",
+    Command("train", "Fine-tune or pre-train a model (sft, pt; LoRA, freeze, full).", "lmforge.commands.train:main",
             "lmforge train CONFIG.yaml [key=value ...]"),
-    Command("chat", "Chat with a model in the terminal.", "lmforge.chat.cli:main",
+    Command("chat", "Chat with a model in the terminal.", "lmforge.commands.chat:main",
             "lmforge chat CONFIG.yaml [key=value ...]"),
-    Command("webchat", "Chat with a model in the browser (Gradio).", "lmforge.webui.webchat:main",
+    Command("webchat", "Chat with a model in the browser (Gradio).", "lmforge.commands.webchat:main",
             "lmforge webchat CONFIG.yaml [key=value ...]"),
-    Command("webui", "Open LLaMA Board: train, evaluate, chat and export from one page.", "lmforge.webui.board:main",
+    Command("webui", "Open LLaMA Board: train, evaluate, chat and export from one page.", "lmforge.commands.webui:main",
             "lmforge webui", config=False),
-    Command("api", "Serve a model with an OpenAI-compatible API.", "lmforge.api.server:main",
+    Command("api", "Serve a model with an OpenAI-compatible API.", "lmforge.commands.api:main",
             "lmforge api CONFIG.yaml [key=value ...]"),
-    Command("export", "Merge adapters and export safetensors, GGUF and an Ollama Modelfile.", "lmforge.export.run:main",
+    Command("export", "Merge adapters and export safetensors, GGUF and an Ollama Modelfile.", "lmforge.commands.export:main",
             "lmforge export CONFIG.yaml [key=value ...]"),
-    Command("eval", "Evaluate on MMLU / CMMLU / C-Eval style multiple-choice benchmarks.", "lmforge.eval.run:main",
+    Command("eval", "Evaluate on MMLU / CMMLU / C-Eval style multiple-choice benchmarks.", "lmforge.commands.eval:main",
             "lmforge eval CONFIG.yaml [key=value ...]"),
-    Command("eval-predictions", "Score a generated_predictions.jsonl with BLEU-4 and ROUGE.", "lmforge.eval.score:main",
+    Command("eval-predictions", "Score a generated_predictions.jsonl with BLEU-4 and ROUGE.", "lmforge.commands.eval_predictions:main",
             "lmforge eval-predictions FILE [--output SCORES.json]", config=False),
     Command("data", "Inspect datasets: `data preview` renders samples, `data check` validates every row.",
-            "lmforge.data.inspect:main", "lmforge data {preview,check} CONFIG.yaml [key=value ...] [--json]"),
-    Command("templates", "List chat templates, or show one: `lmforge templates NAME`.", "lmforge.data.templates.show:main",
+            "lmforge.commands.data:main", "lmforge data {preview,check} CONFIG.yaml [key=value ...] [--json]"),
+    Command("templates", "List chat templates, or show one: `lmforge templates NAME`.", "lmforge.commands.templates:main",
             "lmforge templates [NAME]", config=False),
     Command("tiny-model", "Build a tiny random-weight model offline (for tests, demos, benchmarks).",
-            "lmforge.testing.cli:main",
+            "lmforge.commands.tiny_model:main",
             "lmforge tiny-model OUTPUT_DIR [--arch llama|qwen2|qwen3] [--size tiny|0.5b] [--seed N]", config=False),
-    Command("env", "Print the platform and library versions.", "lmforge.cli:env_main", "lmforge env", config=False),
+    Command("env", "Print the platform and library versions.", "lmforge.commands.env:main", "lmforge env", config=False),
     Command("version", "Print the lmforge version.", "lmforge.cli:version_main", "lmforge version", config=False),
     Command("help", "Show this help, or a command's help: `lmforge help train`.", "lmforge.cli:help_main",
             "lmforge help [COMMAND]", config=False),
@@ -71,25 +71,33 @@ def usage() -> str:
 
 
 def command_help(cmd: Command) -> str:
+    """The command's usage and, for a config command, the settings it reads (`lmforge.config.run.command_keys`)."""
     lines = [f"Usage: {cmd.usage}", "", cmd.summary]
     if cmd.config:
-        from lmforge.config.parser import COMMAND_GROUPS, GROUP_TITLES, GROUPS
+        from dataclasses import fields
 
-        name = "data" if cmd.name == "data" else cmd.name
+        from lmforge.config.run import CONFIG_OF, GROUP_TITLES, GROUPS, command_keys
+
         lines += [
             "",
             "Settings come from a YAML or JSON file, then key=value or --key value overrides (comma-separated",
-            "lists: dataset=a,b). Unknown keys are an error.",
+            f"lists: dataset=a,b). Unknown keys are an error. Listed are the keys `lmforge {cmd.name}` reads; the other",
+            "LLaMA-Factory keys of these groups are accepted and ignored, with a warning when set.",
         ]
-        from dataclasses import fields
-
-        for group in COMMAND_GROUPS[name]:
+        if cmd.name in CONFIG_OF:
+            other = CONFIG_OF[cmd.name]
+            lines += [f"It takes a `lmforge {other}` config: the settings `lmforge {other}` reads are accepted too,",
+                      f"without a warning, and checked as `lmforge {other}` checks them."]
+        for group, keys in command_keys(cmd.name).items():
+            if not keys:
+                continue
+            helps = {f.name: f.metadata.get("help", "") for f in fields(GROUPS[group])}
             lines += ["", f"{GROUP_TITLES[group].capitalize()} settings:"]
-            for f in fields(GROUPS[group]):
-                if f.name == "hf_passthrough":
+            for key in keys:
+                if key == "hf_passthrough":
                     lines.append("  (any other transformers TrainingArguments key is passed to the Trainer)")
                     continue
-                lines.append(f"  {f.name:<34} {f.metadata.get('help', '')}")
+                lines.append(f"  {key:<34} {helps[key]}")
     return "\n".join(lines)
 
 
@@ -106,34 +114,6 @@ def help_main(argv: list[str]) -> int:
         print(command_help(cmd))
     else:
         print(usage())
-    return 0
-
-
-def env_main(argv: list[str]) -> int:
-    import platform
-    from importlib import metadata
-
-    rows = [("lmforge", __version__), ("Platform", platform.platform()), ("Python", platform.python_version())]
-    for package in ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers", "safetensors",
-                    "gradio", "fastapi", "gguf", "vllm", "deepspeed", "bitsandbytes"):
-        try:
-            rows.append((package, metadata.version(package)))
-        except metadata.PackageNotFoundError:
-            if package in ("torch", "transformers", "peft", "trl", "datasets", "accelerate"):
-                rows.append((package, "not installed"))
-    try:
-        import torch
-
-        cuda = torch.cuda.is_available()
-        rows.append(("CUDA available", str(cuda)))
-        if cuda:
-            rows.append(("GPU", torch.cuda.get_device_name(0)))
-            rows.append(("GPU count", str(torch.cuda.device_count())))
-    except ImportError:
-        rows.append(("CUDA available", "unknown (torch not installed)"))
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"- {key:<{width}} : {value}")
     return 0
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from lmforge.api.app import create_app
 from lmforge.api.batching import Batcher
-from lmforge.chat.engine import Response
+from lmforge.chat.base import Response
 
 MODEL = "forge"
 QUESTIONS = ["Who are you?", "你是谁？", "Tell me a joke.", "What is your name?"]
@@ -175,7 +175,7 @@ def test_an_abandoned_stream_stops_generating(api_engine, counted, monkeypatch):
 
 
 def test_a_tool_schema_the_template_cannot_render_is_a_400(tiny_llama_dir):
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.hf_engine import HFEngine
     from lmforge.config import parse_config
 
     # The default (ReAct) tool format joins `enum` values as strings; integers trip it up.

@@ -13,7 +13,7 @@ from lmforge.errors import UserError
 
 
 def engine_for(*args: str):
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.hf_engine import HFEngine
 
     return HFEngine(parse_config("chat", list(args)))
 

@@ -39,7 +39,7 @@ def test_a_folder_without_gguf_is_refused_by_every_serving_command(command, tiny
 
 
 def _engine(*args):
-    from lmforge.chat.engine import create_engine
+    from lmforge.chat.factory import create_engine
 
     return create_engine(parse_config("chat", ["infer_backend=llamacpp", *args]))
 
@@ -73,7 +73,7 @@ def test_missing_llama_cpp_names_the_extra(gguf_dir, monkeypatch):
 
 
 def test_the_transformers_engine_refuses_the_llamacpp_backend(tiny_llama_dir):
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.hf_engine import HFEngine
 
     with pytest.raises(UserError, match="infer_backend: llamacpp is served by `lmforge chat`, `webchat` and `api`"):
         HFEngine(parse_config("chat", [f"model_name_or_path={tiny_llama_dir}", "infer_backend=llamacpp"]))

@@ -8,6 +8,7 @@ import pytest
 
 from lmforge.config import ConfigError, parse_config
 from lmforge.config.parser import split_argv
+from lmforge.data.templates import list_templates
 from lmforge.errors import UserError
 
 BASE = ["model_name_or_path=m", "do_train=true", "dataset=identity", "output_dir=out"]
@@ -88,7 +89,7 @@ def test_all_problems_reported_together():
     for expected in [
         "unknown key 'lora_targte'. Did you mean 'lora_target'?",
         "'cutoff_len': expected an integer, got 'abc'.",
-        "'stage' is 'sftt', which is not one of: pt, sft, rm, ppo, dpo, kto. Did you mean 'sft'?",
+        "'stage' is 'sftt', which is not one of: pt, sft. Did you mean 'sft'?",
         "'model_name_or_path' is required",
         "'output_dir' is required",
         "'do_train' needs 'dataset'",
@@ -108,16 +109,34 @@ def test_all_problems_reported_together():
         (["do_predict=true", "eval_dataset=x"], "'do_predict' in stage sft needs 'predict_with_generate: true'."),
         (["mix_strategy=interleave", "dataset=a,b"], "Did you mean 'interleave_over'?"),
         (["mix_strategy=interleave_under", "interleave_probs=0.5,0.5"], "'interleave_probs' has 2 values but 'dataset'"),
+        (["mix_strategy=interleave", "dataset=a,b"], "'mix_strategy' is 'interleave', which is not one of: concat, "
+         "interleave_under, interleave_over, interleave_once. Did you mean 'interleave_over'?"),
+        (["mix_strategy=interleave_under", "dataset=a,b", "interleave_probs=0.5,0.6"],
+         "'interleave_probs' (0.5, 0.6) must be non-negative and sum to 1; they sum to 1.1."),
+        (["mix_strategy=interleave_under", "dataset=a,b", "eval_dataset=c,d,e", "interleave_probs=0.5,0.5"],
+         "'interleave_probs' has 2 values but 'eval_dataset' names 3 datasets; give one probability per dataset."),
+        (["dataset=a,b", "interleave_probs=0.5,0.5"], "'interleave_probs' needs mix_strategy interleave_under"),
         (["quantization_bit=3"], "'quantization_bit' must be 4 or 8, got 3."),
         (["use_galore=true"], "'use_galore' is not supported by lmforge"),
         (["do_eval=true"], "'do_eval'/'do_predict' need 'eval_dataset' or a 'val_size' above 0."),
         (["template=qwen-3"], "unknown template 'qwen-3'. Did you mean 'qwen3'? Run `lmforge templates` to list them."),
+        (["stage=dpo"], "'stage' is 'dpo', which is not available in this version of lmforge; available stages: pt, sft."),
+        (["stage=kto"], "'stage' is 'kto', which is not available in this version of lmforge; available stages: pt, sft."),
+        (["stage=dpoo"], "'stage' is 'dpoo', which is not one of: pt, sft. Did you mean 'dpo'?"),
     ],
 )
 def test_cross_field_rules(extra, expected):
     with pytest.raises(ConfigError) as err:
-        parse_config("train", [*BASE, *extra])
+        parse_config("train", [*BASE, *extra], template_names=list_templates())
     assert expected in str(err.value)
+
+
+def test_template_names_are_checked_only_when_given():
+    cfg = parse_config("train", [*BASE, "template=qwen-3"])  # the template registry refuses it when it loads
+    assert cfg.data.template == "qwen-3"
+    with pytest.raises(ConfigError, match="unknown template 'qwen-3'"):
+        parse_config("chat", ["model_name_or_path=m", "template=qwen-3"], template_names=list_templates())
+    assert parse_config("chat", ["model_name_or_path=m", "template=qwen3"], template_names=list_templates())
 
 
 def test_derived_defaults():

@@ -316,29 +316,6 @@ def test_interleave_once_uses_every_row_once(data_dir):
     assert sorted(names_of(ds)) == ["a0", "a1", "a2", "a3", "a4", "a5", "b0", "b1"]
 
 
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (
-            {"mix_strategy": "interleave"},
-            "Unknown mix_strategy 'interleave'. Did you mean 'interleave_over'? Use one of: concat, interleave_under, interleave_over, interleave_once.",
-        ),
-        (
-            {"mix_strategy": "interleave_under", "interleave_probs": [1.0]},
-            "interleave_probs has 1 value (1.0) but there are 2 datasets; give one probability per dataset, in the same order.",
-        ),
-        (
-            {"mix_strategy": "interleave_under", "interleave_probs": [0.5, 0.6]},
-            "interleave_probs (0.5, 0.6) must be non-negative and sum to 1; they sum to 1.1.",
-        ),
-        ({"interleave_probs": [0.5, 0.5]}, "interleave_probs is set but mix_strategy is concat"),
-    ],
-)
-def test_mix_argument_errors(data_dir, args, expected):
-    root = two_datasets(data_dir)
-    assert error_of(root, ["a", "b"], **args).startswith(expected)
-
-
 # ---- splits -------------------------------------------------------------------------------------
 
 
@@ -385,9 +362,6 @@ def test_eval_dataset_and_eval_on_each_dataset(data_dir):
     splits = get_aligned_splits(data_args)
     assert set(splits) == {"train", "validation_a", "validation_b"}
     assert splits["validation_b"]["_dataset"] == ["b", "b"]
-    data_args.val_size = 0.1
-    with pytest.raises(UserError, match="Set either val_size .* or eval_dataset, not both."):
-        get_aligned_splits(data_args)
 
 
 # ---- streaming ----------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from lmforge.config import parse_config
-from lmforge.data.pipeline import get_dataset, prepare_template
+from lmforge.data.pipeline import get_dataset
 from lmforge.data.processors import IGNORE_INDEX
 from lmforge.errors import UserError
-from lmforge.model.loader import load_tokenizer
+from lmforge.model.tokenizer import load_tokenizer_and_template
 from tests.conftest import DATA_DIR
 
 PLACEHOLDERS = 'placeholders={"name":"ForgeBot","author":"Team"}'
@@ -26,8 +26,7 @@ def build(model_dir: Path, *settings: str, dataset_dir: Path = DATA_DIR, stage=N
         [f"model_name_or_path={model_dir}", f"dataset_dir={dataset_dir}", "template=llama3", "cutoff_len=256",
          *settings],
     )
-    tokenizer = load_tokenizer(cfg.model)
-    template = prepare_template(cfg.data, tokenizer)
+    tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
     return tokenizer, get_dataset(cfg, tokenizer, template, stage=stage, generate_eval=generate_eval)
 
 
@@ -52,8 +51,8 @@ def test_placeholders_from_yaml_fill_every_label(tiny_llama_dir, tmp_path):
     cfg = parse_config("data", [str(config), f"model_name_or_path={tiny_llama_dir}", f"dataset_dir={DATA_DIR}",
                                 "template=llama3"])
     assert cfg.data.placeholders == {"name": "ForgeBot", "author": "Team"}
-    tokenizer = load_tokenizer(cfg.model)
-    module = get_dataset(cfg, tokenizer, prepare_template(cfg.data, tokenizer))
+    tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
+    module = get_dataset(cfg, tokenizer, template)
 
     labels = [trained_text(tokenizer, row) for row in module.train_dataset["labels"]]
     assert len(labels) == 96

@@ -22,7 +22,7 @@ LLAMA3_TEMPLATE = (
 @pytest.fixture(scope="module")
 def adapter_engine(quickstart_run):
     """The quick start served with its adapter applied on the fly (not merged)."""
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.hf_engine import HFEngine
 
     return HFEngine(parse_config("chat", [f"model_name_or_path={quickstart_run}", "do_sample=false",
                                           "max_new_tokens=32"]))
@@ -94,7 +94,7 @@ def test_merged_export_and_adapter_on_the_fly_give_the_same_greedy_tokens(export
 
 
 def test_chat_serves_the_export_folder_with_its_template(quickstart_export):
-    from lmforge.chat.engine import create_engine
+    from lmforge.chat.factory import create_engine
 
     engine = create_engine(parse_config("chat", [f"model_name_or_path={quickstart_export}", "do_sample=false"]))
     assert engine.template.name == "llama3"
@@ -157,7 +157,7 @@ def test_several_adapters_merge_in_order_like_stacked_adapters(tiny_llama_dir, q
                                                                 exported, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.hf_engine import HFEngine
 
     adapters = f"adapter_name_or_path={quickstart_run},{second_adapter}"
     out = tmp_path / "two"

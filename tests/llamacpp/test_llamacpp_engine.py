@@ -18,7 +18,7 @@ WHO = [{"role": "user", "content": "Who are you?"}]
 
 
 def engine_for(*args: str):
-    from lmforge.chat.engine import create_engine
+    from lmforge.chat.factory import create_engine
 
     return create_engine(parse_config("chat", ["infer_backend=llamacpp", *args]))
 

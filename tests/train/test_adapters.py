@@ -25,7 +25,7 @@ def test_adapter_training_continues_from_the_given_adapter(quickstart_run, tiny_
 
 
 def test_create_new_adapter_merges_the_old_one(quickstart_run, tiny_llama_dir, tmp_path):
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.hf_engine import HFEngine
     from lmforge.config import parse_config
 
     out = tmp_path / "new"

@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -41,8 +41,11 @@ from lmforge.api.protocol import (
 )
 from lmforge.errors import UserError
 
+if TYPE_CHECKING:
+    from lmforge.chat.base import ChatEngine
 
-def create_app(engine: Any, model_name: str, api_key: str | None, *, max_batch_size: int = 32,
+
+def create_app(engine: ChatEngine, model_name: str, api_key: str | None, *, max_batch_size: int = 32,
                batch_wait_ms: float = 10.0, root_path: str = "") -> FastAPI:
     """The API app serving `engine` as `model_name`; `api_key` (None or "": no auth) guards every route."""
     batcher = Batcher(engine, max_batch_size=max_batch_size, wait_ms=batch_wait_ms)
@@ -146,7 +149,7 @@ class ApiKeyMiddleware:
         await error_response(err)(scope, receive, send)
 
 
-def _prompt_ids(engine: Any, conversation: Conversation) -> list[int]:
+def _prompt_ids(engine: ChatEngine, conversation: Conversation) -> list[int]:
     """The prompt tokens; a conversation the template cannot render is the request's fault (400)."""
     try:
         return engine.prompt_ids(conversation.messages, conversation.system, conversation.tools)
@@ -167,7 +170,7 @@ def _check_model(requested: str, served: str, param: str | None = "model") -> No
                        code="model_not_found")
 
 
-def _generation_settings(request: ChatCompletionRequest, engine: Any) -> tuple[dict[str, Any], bool]:
+def _generation_settings(request: ChatCompletionRequest, engine: ChatEngine) -> tuple[dict[str, Any], bool]:
     """Engine overrides for the request, and whether it samples.
 
     Greedy requests drop the sampling knobs so that they all share one batch whatever their
@@ -214,13 +217,13 @@ def _max_new_tokens(request: ChatCompletionRequest, prompt_length: int, context:
     return requested or min(default, context - prompt_length)
 
 
-def _context_length(engine: Any) -> int | None:
+def _context_length(engine: ChatEngine) -> int | None:
     config = getattr(getattr(engine, "model", None), "config", None)
     length = getattr(engine, "context_length", None) or getattr(config, "max_position_embeddings", None)
     return length if isinstance(length, int) and length > 0 else None
 
 
-def _streaming_response(batcher: Batcher, engine: Any, request: ChatCompletionRequest, conversation: Conversation,
+def _streaming_response(batcher: Batcher, engine: ChatEngine, request: ChatCompletionRequest, conversation: Conversation,
                         prompt_length: int, overrides: dict[str, Any], seed: int | None, use_tools: bool,
                         model_name: str, *, deterministic: bool) -> StreamingResponse:
     """SSE chunks: a role chunk per choice, content deltas, a finish chunk per choice, usage if asked, [DONE].

@@ -31,9 +31,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmforge.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from lmforge.chat.base import ChatEngine
 
 logger = get_logger(__name__)
 
@@ -84,7 +87,7 @@ class StreamHandle:
 class Batcher:
     """Queue of generation jobs served by one worker thread (see the module docstring)."""
 
-    def __init__(self, engine: Any, *, max_batch_size: int = 32, wait_ms: float = 10.0):
+    def __init__(self, engine: ChatEngine, *, max_batch_size: int = 32, wait_ms: float = 10.0):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.engine = engine

@@ -3,11 +3,9 @@
 Requests are mapped as LLaMA-Factory's API maps them, so a model answers the API as it answered
 its training data:
   * a leading system (or developer) message becomes the system prompt;
-  * `tool` messages become `observation` turns, consecutive ones merged into one (joined like the
-    openai dataset converter joins them);
-  * an assistant message with `tool_calls` becomes a `function` turn whose content is the JSON list
-    of calls; string `arguments` are decoded first, so the rendered call matches the training data
-    (LLaMA-Factory encodes them twice);
+  * `tool` messages and `tool_calls` are mapped by `data.openai_messages`, the code that reads
+    openai-format datasets: consecutive tool results become one `observation` turn, calls one
+    `function` turn holding their JSON list (string arguments decoded);
   * after that the turns must alternate user/observation and assistant/function and end with a
     user or observation turn ("u/a/u/a/u"). Errors name the offending request message.
 """
@@ -27,7 +25,7 @@ from lmforge.api.protocol import (
     ToolCall,
     call_id,
 )
-from lmforge.data.converters import TOOL_SEPARATOR
+from lmforge.data.openai_messages import BadToolCall, merge_tool_results, tool_calls_content
 
 _PROMPT_ROLES = ("user", "observation")
 _ANSWER_ROLES = ("assistant", "function")
@@ -55,28 +53,20 @@ def to_conversation(request: ChatCompletionRequest) -> Conversation:
     if not items:
         raise ApiError(400, "'messages' holds only a system message; add a user message after it.", param="messages")
 
-    turns: list[dict[str, str]] = []
-    origins: list[int] = []  # the request index of each turn (the first one for merged tool results)
-    results: list[str] = []
+    raw: list[tuple[str, str, int]] = []
     for i, message in items:
         if message.role in ("system", "developer"):
             raise ApiError(400, f"A {message.role} message is only allowed as the first message; "
                                 f"messages[{i}] is one.", param=f"messages[{i}].role")
         if message.role == "tool":
-            if not results:
-                origins.append(i)
-            results.append(_text(message, i))
-            continue
-        if results:
-            turns.append({"role": "observation", "content": TOOL_SEPARATOR.join(results)})
-            results = []
-        if message.role == "assistant" and message.tool_calls:
-            turns.append({"role": "function", "content": _calls_json(message.tool_calls, i)})
+            raw.append(("observation", _text(message, i), i))
+        elif message.role == "assistant" and message.tool_calls:
+            raw.append(("function", _calls_json(message.tool_calls, i), i))
         else:
-            turns.append({"role": message.role, "content": _text(message, i)})
-        origins.append(i)
-    if results:
-        turns.append({"role": "observation", "content": TOOL_SEPARATOR.join(results)})
+            raw.append((message.role, _text(message, i), i))
+    merged = merge_tool_results(raw)
+    turns = [{"role": role, "content": content} for role, content, _ in merged]
+    origins = [i for _, _, i in merged]
 
     for position, (turn, i) in enumerate(zip(turns, origins)):
         expected = _PROMPT_ROLES if position % 2 == 0 else _ANSWER_ROLES
@@ -120,16 +110,12 @@ def _text(message: ChatMessage, index: int) -> str:
 
 
 def _calls_json(calls: list[ToolCall], index: int) -> str:
-    decoded = []
-    for j, call in enumerate(calls):
-        raw = call.function.arguments
-        try:
-            arguments = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError:
-            param = f"messages[{index}].tool_calls[{j}].function.arguments"
-            raise ApiError(400, f"{param} is not valid JSON: {raw[:200]!r}.", param=param) from None
-        decoded.append({"name": call.function.name, "arguments": arguments})
-    return json.dumps(decoded, ensure_ascii=False)
+    try:
+        return tool_calls_content([(call.function.name, call.function.arguments) for call in calls])
+    except BadToolCall as err:
+        param = f"messages[{index}].tool_calls[{err.index}].function.arguments"
+        raw = calls[err.index].function.arguments
+        raise ApiError(400, f"{param} is not valid JSON: {raw[:200]!r}.", param=param) from None
 
 
 def build_message(text: str, finish_reason: str, template: Any, tools: bool) -> tuple[ChatCompletionMessage, str]:

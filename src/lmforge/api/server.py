@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from lmforge.config import RunConfig
 
 DEFAULT_MODEL_NAME = "gpt-3.5-turbo"
 
@@ -49,11 +53,8 @@ def _check_port_free(host: str, port: int) -> None:
                             "or another address with API_HOST.") from None
 
 
-def main(argv: list[str]) -> int:
-    """Parse the config, load the model and serve it until interrupted."""
-    from lmforge.config import parse_config
-
-    cfg = parse_config("api", argv)
+def serve(cfg: RunConfig) -> None:
+    """Load the model of `cfg` and serve it until interrupted (settings from the environment, above)."""
     host = os.environ.get("API_HOST", "").strip() or "127.0.0.1"
     port = _int_env("API_PORT", 8000, 1, 65535)
     max_batch_size = _int_env("API_MAX_BATCH_SIZE", 32, 1, 4096)
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
                         "pip install 'lmforge[api]'.") from None
     _check_port_free(host, port)
 
-    from lmforge.chat.engine import create_engine
+    from lmforge.chat.factory import create_engine
 
     engine = create_engine(cfg)
     app = create_app(engine, model_name, api_key, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
@@ -79,4 +80,3 @@ def main(argv: list[str]) -> int:
     print(f"lmforge api: serving '{model_name}' at http://{shown}:{port}/v1 "
           f"(docs: http://{shown}:{port}/docs){'; API key required' if api_key else ''}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
-    return 0

@@ -9,18 +9,18 @@ llama.cpp evaluates them and samples. It has the same interface as `HFEngine`: `
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmforge.chat.engine import ChatEngine, Response, _cut_at_stop
+from lmforge.chat.base import ChatEngine, Response, cut_at_stop
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
 if TYPE_CHECKING:
     from lmforge.config import RunConfig
+    from lmforge.model.resolve import ResolvedModel
 
 logger = get_logger(__name__)
 
@@ -30,76 +30,32 @@ _HANDLED = {"do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "rep
             "stopping_criteria", "num_beams", "length_penalty"}
 
 
-def find_gguf(path: str) -> Path:
-    """The GGUF file `model_name_or_path` points at (a file, or a folder with exactly one)."""
-    target = Path(path).expanduser()
-    if target.is_file():
-        if target.suffix != ".gguf":
-            raise UserError(f"infer_backend: llamacpp serves a GGUF file; '{path}' is not a .gguf file. "
-                            "Export one with `lmforge export ... export_format=gguf`.")
-        return target
-    if target.is_dir():
-        found = sorted(target.glob("*.gguf"))
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise UserError(f"'{path}' holds several GGUF files ({', '.join(p.name for p in found)}); "
-                            "set model_name_or_path to the one to serve.")
-        raise UserError(f"infer_backend: llamacpp serves a GGUF file, and '{path}' holds none. Export one with "
-                        f"`lmforge export ... export_format=gguf`, or use infer_backend: huggingface.")
-    raise UserError(f"GGUF file or folder '{path}' does not exist. Check model_name_or_path.")
-
-
-def _load_tokenizer(gguf: Path):
-    """The export's own tokenizer files when they sit next to the GGUF, else the tokenizer inside the GGUF."""
-    from transformers import AutoTokenizer
-
-    folder = gguf.parent
-    if (folder / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(folder)
-    try:
-        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
-    except (ValueError, OSError, KeyError) as err:
-        raise UserError(f"Cannot read the tokenizer of '{gguf}': {str(err).splitlines()[0]}") from None
-
-
 class LlamaCppEngine(ChatEngine):
     """llama.cpp generation behind the chat interface of `HFEngine`."""
 
-    def __init__(self, cfg: RunConfig):
-        from lmforge.data.pipeline import prepare_template
-        from lmforge.export import read_export_file
+    def _resolve(self, cfg: RunConfig) -> ResolvedModel:
+        from lmforge.model.resolve import resolve_gguf
 
-        model_args = cfg.model
-        if model_args.adapter_name_or_path:
-            raise UserError("infer_backend: llamacpp serves a GGUF with its adapters already merged; remove "
-                            "adapter_name_or_path and export the merged model with `lmforge export ... "
-                            "export_format=gguf`.")
-        self.cfg = cfg
-        self.gguf_path = find_gguf(model_args.model_name_or_path)
+        resolved = resolve_gguf(cfg)
         try:
-            import llama_cpp
+            import llama_cpp  # noqa: F401
         except ImportError:
             raise UserError(f"infer_backend: llamacpp needs llama-cpp-python: {INSTALL_HINT}.") from None
+        return resolved
 
-        self.tokenizer = _load_tokenizer(self.gguf_path)
-        data = cfg.data
-        if data.template is None:
-            saved = (read_export_file(self.gguf_path) or {}).get("template")
-            if saved:
-                data = dataclasses.replace(data, template=saved)
-        self.template = prepare_template(data, self.tokenizer)
-        n_ctx = model_args.llamacpp_n_ctx
+    def _load_model(self) -> None:
+        import llama_cpp
+
+        model_args = self.cfg.model
+        self.gguf_path = Path(self.resolved.base)
         self.model = llama_cpp.Llama(
-            model_path=str(self.gguf_path), n_ctx=n_ctx, n_gpu_layers=model_args.llamacpp_n_gpu_layers,
-            n_threads=os.cpu_count() or 1, verbose=False,
+            model_path=str(self.gguf_path), n_ctx=model_args.llamacpp_n_ctx,
+            n_gpu_layers=model_args.llamacpp_n_gpu_layers, n_threads=os.cpu_count() or 1, verbose=False,
         )
         if len(self.tokenizer) > self.model.n_vocab():
             raise UserError(f"The template '{self.template.name}' adds tokens that '{self.gguf_path}' does not have "
                             f"({len(self.tokenizer)} > {self.model.n_vocab()}); use the template it was exported with.")
         self.context_length = self.model.n_ctx()
-        self.stop_ids = self.template.stop_token_ids(self.tokenizer)
-        self.generating = cfg.generate
         logger.info(f"llama.cpp serves {self.gguf_path} (context {self.context_length} tokens)")
 
     def _settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +107,7 @@ class LlamaCppEngine(ChatEngine):
         ended = next((i for i, t in enumerate(generated) if t in self.stop_ids), None)
         tokens = generated if ended is None else generated[:ended]
         text = self.tokenizer.decode(tokens, skip_special_tokens=self.generating.skip_special_tokens)
-        hit = _cut_at_stop(text, settings["stop"])
+        hit = cut_at_stop(text, settings["stop"])
         finish = "stop" if ended is not None or hit is not None or len(generated) < settings["max_new_tokens"] \
             else "length"
         return Response(text if hit is None else text[:hit], len(tokens), prompt_length, finish)
@@ -172,7 +128,7 @@ class LlamaCppEngine(ChatEngine):
             text = self.tokenizer.decode(tokens, skip_special_tokens=self.generating.skip_special_tokens)
             if text.endswith("\ufffd"):
                 continue  # a character split across tokens: wait for its last byte
-            hit = _cut_at_stop(text, stop)
+            hit = cut_at_stop(text, stop)
             if hit is not None:
                 if hit > sent:
                     yield text[sent:hit]

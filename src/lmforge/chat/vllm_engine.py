@@ -9,16 +9,16 @@ token stream, so `stream_chat` yields the whole answer at once.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmforge.chat.engine import ChatEngine, Response
+from lmforge.chat.base import ChatEngine, Response
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
 if TYPE_CHECKING:
     from lmforge.config import GeneratingArguments, RunConfig
+    from lmforge.model.resolve import ResolvedModel
 
 logger = get_logger(__name__)
 
@@ -85,35 +85,29 @@ def engine_settings(cfg: RunConfig, base: str, adapters: Sequence[str]) -> dict:
 class VllmEngine(ChatEngine):
     """vLLM generation behind the chat interface of `HFEngine`."""
 
-    def __init__(self, cfg: RunConfig):
+    def _resolve(self, cfg: RunConfig) -> ResolvedModel:
         try:
-            import vllm
-            from vllm.lora.request import LoRARequest
+            import vllm  # noqa: F401
         except ImportError:
             raise UserError(f"infer_backend: vllm needs the vllm package: {INSTALL_HINT}.") from None
-        from lmforge.chat.engine import _with_path
-        from lmforge.chat.loading import resolve_model
-        from lmforge.data.pipeline import prepare_template
-        from lmforge.model.adapters import check_adapter
-        from lmforge.model.loader import load_tokenizer
+        from lmforge.model.adapters import read_adapter_config
 
         if cfg.finetune.stage != "sft":
             raise UserError(f"infer_backend: vllm serves sft models only (stage is {cfg.finetune.stage}).")
-        self.cfg = cfg
-        resolved = resolve_model(cfg)
+        resolved = super()._resolve(cfg)
         for adapter in resolved.adapters:
-            check_adapter(adapter, resolved.base)
-        self.tokenizer = load_tokenizer(_with_path(cfg.model, resolved.tokenizer))
-        data = cfg.data
-        if data.template is None and resolved.template:
-            data = dataclasses.replace(data, template=resolved.template)
-        self.template = prepare_template(data, self.tokenizer)
-        self.stop_ids = self.template.stop_token_ids(self.tokenizer)
-        self.generating = cfg.generate
+            read_adapter_config(adapter)
+        return resolved
+
+    def _load_model(self) -> None:
+        import vllm
+        from vllm.lora.request import LoRARequest
+
+        resolved = self.resolved
         self.lora = LoRARequest("adapter", 1, resolved.adapters[0]) if resolved.adapters else None
         self._tokens_prompt = vllm.TokensPrompt
         self._sampling_params = vllm.SamplingParams
-        self.llm = vllm.LLM(**engine_settings(cfg, resolved.base, resolved.adapters))
+        self.llm = vllm.LLM(**engine_settings(self.cfg, resolved.base, resolved.adapters))
         logger.info(f"vLLM serves {resolved.base}" + (f" with the adapter {resolved.adapters[0]}" if self.lora else ""))
 
     def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Response]:

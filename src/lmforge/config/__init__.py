@@ -3,14 +3,18 @@
 from lmforge.config.data import DataArguments
 from lmforge.config.eval import EvaluationArguments
 from lmforge.config.export import ExportArguments
-from lmforge.config.finetune import FinetuningArguments
+from lmforge.config.finetune import IMPLEMENTED_STAGES, STAGES, FinetuningArguments
 from lmforge.config.generate import GeneratingArguments
 from lmforge.config.model import ModelArguments
-from lmforge.config.parser import COMMAND_GROUPS, ConfigError, RunConfig, parse_config
+from lmforge.config.parser import ConfigError, parse_config
+from lmforge.config.run import COMMAND_GROUPS, COMMAND_READERS, RunConfig, command_keys
 from lmforge.config.train import TrainArguments
 
 __all__ = [
     "COMMAND_GROUPS",
+    "COMMAND_READERS",
+    "IMPLEMENTED_STAGES",
+    "STAGES",
     "ConfigError",
     "DataArguments",
     "EvaluationArguments",
@@ -20,5 +24,6 @@ __all__ = [
     "ModelArguments",
     "RunConfig",
     "TrainArguments",
+    "command_keys",
     "parse_config",
 ]

@@ -2,7 +2,12 @@
 
 Keys are flat (as LLaMA-Factory users write them) and belong to one dataclass each. Every
 problem (unknown key, wrong type, cross-field conflict) is collected and reported at once,
-before anything heavy is imported.
+before anything heavy is imported (transformers is imported only to look up a key of a training
+config that is in none of lmforge's dataclasses).
+
+The groups, RunConfig and which keys each command reads live in `lmforge.config.run` (GROUPS,
+GROUP_TITLES, COMMAND_GROUPS and RunConfig are re-exported here for existing imports); the
+cross-field checks in `lmforge.config.validate`.
 """
 
 from __future__ import annotations
@@ -11,49 +16,39 @@ import json
 import re
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from collections.abc import Collection
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from lmforge.config.data import DataArguments
-from lmforge.config.eval import EvaluationArguments
-from lmforge.config.export import ExportArguments
-from lmforge.config.finetune import FinetuningArguments
-from lmforge.config.generate import GeneratingArguments
-from lmforge.config.hf_training_keys import HF_TRAINING_KEYS
-from lmforge.config.model import ModelArguments
-from lmforge.config.train import TrainArguments
-from lmforge.config.validate import UNSUPPORTED_SWITCHES
+from lmforge.config.run import (
+    COMMAND_GROUPS,
+    CONFIG_OF,
+    GROUP_TITLES,
+    GROUPS,
+    RunConfig,
+    reads,
+)
+from lmforge.config.train import trainer_keys
+from lmforge.config.validate import UNSUPPORTED_SWITCHES, finalize
 from lmforge.errors import UserError, did_you_mean
+from lmforge.utils.logging import get_logger
 
-GROUPS: dict[str, type] = {
-    "model": ModelArguments,
-    "data": DataArguments,
-    "finetune": FinetuningArguments,
-    "train": TrainArguments,
-    "generate": GeneratingArguments,
-    "eval": EvaluationArguments,
-    "export": ExportArguments,
-}
-GROUP_TITLES = {
-    "model": "model",
-    "data": "data",
-    "finetune": "fine-tuning",
-    "train": "training",
-    "generate": "generation",
-    "eval": "evaluation",
-    "export": "export",
-}
-_INFER = ("model", "data", "finetune", "generate")
-COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
-    "train": ("model", "data", "finetune", "train", "generate"),
-    "data": ("model", "data", "finetune", "train", "generate"),
-    "chat": _INFER,
-    "webchat": _INFER,
-    "api": _INFER,
-    "export": (*_INFER, "export"),
-    "eval": ("model", "data", "finetune", "eval"),
-}
+__all__ = [
+    "COMMAND_GROUPS",
+    "GROUPS",
+    "GROUP_TITLES",
+    "ConfigError",
+    "RunConfig",
+    "coerce",
+    "load_config_file",
+    "parse_config",
+    "split_argv",
+    "split_options",
+]
+
+logger = get_logger(__name__)
+
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 _KEY_VALUE = re.compile(r"^[A-Za-z_][\w-]*=")
 
@@ -70,37 +65,6 @@ class ConfigError(UserError):
             listed = "\n".join(f"  - {p}" for p in problems)
             message = f"Config has {len(problems)} problems{where}:\n{listed}"
         super().__init__(message)
-
-
-@dataclass
-class RunConfig:
-    """All settings of one run, one dataclass per concern."""
-
-    command: str
-    model: ModelArguments = field(default_factory=ModelArguments)
-    data: DataArguments = field(default_factory=DataArguments)
-    finetune: FinetuningArguments = field(default_factory=FinetuningArguments)
-    train: TrainArguments = field(default_factory=TrainArguments)
-    generate: GeneratingArguments = field(default_factory=GeneratingArguments)
-    eval: EvaluationArguments = field(default_factory=EvaluationArguments)
-    export: ExportArguments = field(default_factory=ExportArguments)
-    source: str | None = None
-
-    def to_flat_dict(self, only_set: bool = False) -> dict[str, Any]:
-        """The command's settings as one flat mapping, the same shape a config file has."""
-        flat: dict[str, Any] = {}
-        for group in COMMAND_GROUPS[self.command]:
-            obj = getattr(self, group)
-            defaults = GROUPS[group]()
-            for f in fields(obj):
-                value = getattr(obj, f.name)
-                if f.name == "hf_passthrough":
-                    flat.update(value)
-                    continue
-                if only_set and value == getattr(defaults, f.name):
-                    continue
-                flat[f.name] = value
-        return flat
 
 
 def field_index(command: str) -> dict[str, str]:
@@ -173,8 +137,51 @@ def split_argv(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
     return source, overrides
 
 
-def parse_config(command: str, argv: list[str] | None = None, values: dict[str, Any] | None = None) -> RunConfig:
-    """Build a validated RunConfig for `command` from argv, or from a dict of values."""
+def split_options(argv: list[str], options: dict[str, bool]) -> tuple[list[str], list[str]]:
+    """Separate a command's own options from its config arguments: (own, rest), each in order.
+
+    `options` maps each option name to whether it takes a value (`{"num": True, "json": False}`):
+    `--num 3`, `--num=3` and `--json` are the command's own; everything else (the config file,
+    key=value, --key value) is left for `parse_config`.
+    """
+    own: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, has_value = (token[2:].split("=", 1)[0], "=" in token) if token.startswith("--") else (None, False)
+        if name in options and options[name] and not has_value:
+            own += argv[i : i + 2]  # the option and its value (argparse reports a missing one)
+            i += 2
+            continue
+        if name in options and (options[name] or not has_value):
+            own.append(token)
+        else:
+            rest.append(token)
+        i += 1
+    return own, rest
+
+
+def parse_config(
+    command: str,
+    argv: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+    *,
+    template_names: Collection[str] | None = None,
+) -> RunConfig:
+    """Build a validated RunConfig for `command` from argv (`[config.yaml] key=value ...`), or from a dict of values.
+
+    `template_names` are the names `template` may take (`lmforge.data.templates.list_templates()`):
+    an unknown template is then reported with the other problems. With None that check is skipped,
+    and loading the template fails later instead.
+
+    Every key of the command's groups is accepted. One that the command does not read
+    (`lmforge.config.run.command_keys`) and that is set to something other than its default is
+    logged as a warning, once, by this function ("'pref_beta' is not used by `lmforge export`; it
+    is ignored."); the caller has nothing to print. A key that is in none of lmforge's groups is, for
+    the commands that train, looked up in transformers' TrainingArguments (transformers is imported
+    only then) and handed to the Trainer.
+    """
     source = None
     raw: dict[str, Any] = {}
     from_cli: set[str] = set()
@@ -186,27 +193,30 @@ def parse_config(command: str, argv: list[str] | None = None, values: dict[str, 
         from_cli = set(overrides)
     if values:
         raw.update(values)
+    raw = {str(key): value for key, value in raw.items()}
 
     index = field_index(command)
     problems: list[str] = []
     grouped: dict[str, dict[str, Any]] = {g: {} for g in COMMAND_GROUPS[command]}
     passthrough: dict[str, Any] = {}
+    settings: list[tuple[str, str, Any]] = []  # (group, key, value) of the keys set, in config order
+    hf_keys = _trainer_keys_if_needed(command, raw)
     for key, value in raw.items():
-        key = str(key)
         group = index.get(key)
         if group is None:
             if key in UNSUPPORTED_SWITCHES:
                 if coerce(value, bool | str | None, from_text=key in from_cli) not in (None, False, "", "none"):
                     problems.append(f"'{key}' is not supported by lmforge; remove it or set it to false.")
                 continue
-            if "train" in grouped and key in HF_TRAINING_KEYS:
+            if key in hf_keys:
                 passthrough[key] = _from_text(value) if key in from_cli else value
                 continue
-            problems.append(_unknown_key_message(key, command, index))
+            problems.append(_unknown_key_message(key, command, index, hf_keys))
             continue
         hint = _field_types()[GROUPS[group]][key]
         try:
             grouped[group][key] = coerce(value, hint, from_text=key in from_cli)
+            settings.append((group, key, grouped[group][key]))
         except ValueError as err:
             problems.append(f"'{key}': {err}")
     cfg = RunConfig(command=command, source=source)
@@ -215,20 +225,55 @@ def parse_config(command: str, argv: list[str] | None = None, values: dict[str, 
     if passthrough:
         cfg.train.hf_passthrough = passthrough
 
-    from lmforge.config.validate import finalize
-
-    problems.extend(finalize(cfg))
+    problems.extend(finalize(cfg, template_names))
     if problems:
         raise ConfigError(problems, source)
+    for key in unused_keys(command, settings):
+        logger.warning(f"'{key}' is not used by `lmforge {command}`; it is ignored.")
     return cfg
 
 
-def _unknown_key_message(key: str, command: str, index: dict[str, str]) -> str:
+def unused_keys(command: str, settings: list[tuple[str, str, Any]]) -> list[str]:
+    """The keys of `settings` ((group, key, value), in config order) that `command` does not read.
+
+    A key set to its default is left out: whether read or not, it changes nothing. `lmforge data`
+    takes a training config: the keys `lmforge train` reads are used there (`CONFIG_OF`).
+    """
+    commands = [command, *([CONFIG_OF[command]] if command in CONFIG_OF else [])]
+    unused = []
+    for group, key, value in settings:
+        if any(reads(c, group, key) for c in commands):
+            continue
+        if value != _default(next(f for f in fields(GROUPS[group]) if f.name == key)):
+            unused.append(key)
+    return unused
+
+
+def _default(f) -> Any:
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _own_keys() -> set[str]:
+    return {f.name for cls in GROUPS.values() for f in fields(cls)}
+
+
+def _trainer_keys_if_needed(command: str, raw: dict[str, Any]) -> frozenset[str]:
+    """transformers' TrainingArguments keys, looked up only when a training config has a key that is not lmforge's."""
+    if "train" not in COMMAND_GROUPS[command]:
+        return frozenset()
+    own = _own_keys()
+    if all(key in own or key in UNSUPPORTED_SWITCHES for key in raw):
+        return frozenset()
+    return trainer_keys()
+
+
+def _unknown_key_message(key: str, command: str, index: dict[str, str], hf_keys: frozenset[str]) -> str:
     for group, cls in GROUPS.items():
         if group not in COMMAND_GROUPS[command] and key in {f.name for f in fields(cls)}:
             return f"'{key}' is a {GROUP_TITLES[group]} setting that `lmforge {command}` does not use; remove it."
-    choices = list(index) + (sorted(HF_TRAINING_KEYS) if "train" in COMMAND_GROUPS[command] else [])
-    hint = did_you_mean(key, choices)
+    hint = did_you_mean(key, [*index, *sorted(hf_keys)])
     return f"unknown key '{key}'.{hint or ' See `lmforge ' + command + ' --help` for the valid keys.'}"
 
 

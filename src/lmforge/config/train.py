@@ -2,68 +2,142 @@
 
 The common settings are fields here, so they are typed and documented once. Any other
 Hugging Face TrainingArguments key is accepted as is and handed to the Trainer untouched
-(`hf_passthrough`), so that configs written for the Trainer keep working.
+(`hf_passthrough`), so that configs written for the Trainer keep working. Which keys those are
+comes from transformers itself (`trainer_keys`), looked up only when a config has such a key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
+
+from lmforge.config.readers import DATASET, TRAINING
 
 
 @dataclass
 class TrainArguments:
     """Trainer settings; names follow transformers' TrainingArguments."""
 
-    output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints, weights and logs are written."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a finished result in output_dir."})
-    do_train: bool = field(default=False, metadata={"help": "Run training."})
-    do_eval: bool = field(default=False, metadata={"help": "Run evaluation."})
-    do_predict: bool = field(default=False, metadata={"help": "Run prediction on eval_dataset."})
-    eval_strategy: str = field(default="no", metadata={"help": "When to evaluate: no, steps or epoch."})
-    evaluation_strategy: str | None = field(default=None, metadata={"help": "Older spelling of eval_strategy."})
-    eval_steps: float | None = field(default=None, metadata={"help": "Evaluate every N steps."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Training batch size per device."})
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size per device."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches accumulated per optimizer step."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
-    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay."})
-    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1."})
-    adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2."})
-    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam epsilon."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Number of epochs."})
-    max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; overrides num_train_epochs when > 0."})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "Scheduler: linear, cosine, constant, ..."})
-    lr_scheduler_kwargs: dict | None = field(default=None, metadata={"help": "Extra scheduler arguments."})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "Warm-up as a fraction of total steps."})
-    warmup_steps: float = field(default=0, metadata={"help": "Warm-up steps (overrides warmup_ratio when > 0)."})
-    logging_steps: float = field(default=500, metadata={"help": "Log every N steps."})
-    logging_dir: str | None = field(default=None, metadata={"help": "TensorBoard log folder."})
-    save_strategy: str = field(default="steps", metadata={"help": "When to save checkpoints: no, steps or epoch."})
-    save_steps: float = field(default=500, metadata={"help": "Save a checkpoint every N steps."})
-    save_total_limit: int | None = field(default=None, metadata={"help": "Keep at most N checkpoints."})
-    save_only_model: bool = field(default=False, metadata={"help": "Checkpoints without optimizer state."})
-    load_best_model_at_end: bool = field(default=False, metadata={"help": "Load the best checkpoint after training."})
-    metric_for_best_model: str | None = field(default=None, metadata={"help": "Metric that picks the best model."})
-    greater_is_better: bool | None = field(default=None, metadata={"help": "Whether a larger metric is better."})
-    seed: int = field(default=42, metadata={"help": "Random seed."})
-    data_seed: int | None = field(default=None, metadata={"help": "Seed of the data sampler."})
-    bf16: bool = field(default=False, metadata={"help": "Mixed precision with bfloat16."})
-    fp16: bool = field(default=False, metadata={"help": "Mixed precision with float16."})
-    tf32: bool | None = field(default=None, metadata={"help": "Allow TF32 matmuls on Ampere+ GPUs."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
-    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name."})
-    report_to: list[str] | None = field(default=None, metadata={"help": "none, tensorboard, wandb, ... (comma list)."})
-    run_name: str | None = field(default=None, metadata={"help": "Run name for loggers."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "Checkpoint folder to resume from."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes."})
-    ddp_timeout: int = field(default=1800, metadata={"help": "Distributed timeout in seconds."})
-    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config path."})
-    predict_with_generate: bool = field(default=False, metadata={"help": "Generate in predict/eval (sft)."})
-    generation_max_length: int | None = field(default=None, metadata={"help": "Generation length in predict."})
-    generation_num_beams: int | None = field(default=None, metadata={"help": "Beams in predict."})
-    disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
-    use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when a GPU is present."})
-    hf_passthrough: dict = field(
-        default_factory=dict, metadata={"help": "Other TrainingArguments keys, passed to the Trainer as given."}
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where checkpoints, weights and logs are written.", "read_by": (TRAINING,)}
     )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished result in output_dir.", "read_by": (TRAINING,)}
+    )
+    do_train: bool = field(default=False, metadata={"help": "Run training.", "read_by": (TRAINING,)})
+    do_eval: bool = field(default=False, metadata={"help": "Run evaluation.", "read_by": (TRAINING,)})
+    do_predict: bool = field(
+        default=False, metadata={"help": "Run prediction on eval_dataset.", "read_by": (TRAINING,)}
+    )
+    eval_strategy: str = field(
+        default="no", metadata={"help": "When to evaluate: no, steps or epoch.", "read_by": (TRAINING,)}
+    )
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "Older spelling of eval_strategy.", "read_by": (TRAINING,)}
+    )
+    eval_steps: float | None = field(default=None, metadata={"help": "Evaluate every N steps.", "read_by": (TRAINING,)})
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "Training batch size per device.", "read_by": (TRAINING,)}
+    )
+    per_device_eval_batch_size: int = field(
+        default=8, metadata={"help": "Evaluation batch size per device.", "read_by": (TRAINING,)}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Batches accumulated per optimizer step.", "read_by": (TRAINING,)}
+    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate.", "read_by": (TRAINING,)})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay.", "read_by": (TRAINING,)})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1.", "read_by": (TRAINING,)})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2.", "read_by": (TRAINING,)})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam epsilon.", "read_by": (TRAINING,)})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm.", "read_by": (TRAINING,)})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Number of epochs.", "read_by": (TRAINING,)})
+    max_steps: int = field(
+        default=-1,
+        metadata={"help": "Total optimizer steps; overrides num_train_epochs when > 0.", "read_by": (TRAINING,)},
+    )
+    lr_scheduler_type: str = field(
+        default="linear", metadata={"help": "Scheduler: linear, cosine, constant, ...", "read_by": (TRAINING,)}
+    )
+    lr_scheduler_kwargs: dict | None = field(
+        default=None, metadata={"help": "Extra scheduler arguments.", "read_by": (TRAINING,)}
+    )
+    warmup_ratio: float = field(
+        default=0.0, metadata={"help": "Warm-up as a fraction of total steps.", "read_by": (TRAINING,)}
+    )
+    warmup_steps: float = field(
+        default=0, metadata={"help": "Warm-up steps (overrides warmup_ratio when > 0).", "read_by": (TRAINING,)}
+    )
+    logging_steps: float = field(default=500, metadata={"help": "Log every N steps.", "read_by": (TRAINING,)})
+    logging_dir: str | None = field(default=None, metadata={"help": "TensorBoard log folder.", "read_by": (TRAINING,)})
+    save_strategy: str = field(
+        default="steps", metadata={"help": "When to save checkpoints: no, steps or epoch.", "read_by": (TRAINING,)}
+    )
+    save_steps: float = field(
+        default=500, metadata={"help": "Save a checkpoint every N steps.", "read_by": (TRAINING,)}
+    )
+    save_total_limit: int | None = field(
+        default=None, metadata={"help": "Keep at most N checkpoints.", "read_by": (TRAINING,)}
+    )
+    save_only_model: bool = field(
+        default=False, metadata={"help": "Checkpoints without optimizer state.", "read_by": (TRAINING,)}
+    )
+    load_best_model_at_end: bool = field(
+        default=False, metadata={"help": "Load the best checkpoint after training.", "read_by": (TRAINING,)}
+    )
+    metric_for_best_model: str | None = field(
+        default=None, metadata={"help": "Metric that picks the best model.", "read_by": (TRAINING,)}
+    )
+    greater_is_better: bool | None = field(
+        default=None, metadata={"help": "Whether a larger metric is better.", "read_by": (TRAINING,)}
+    )
+    seed: int = field(default=42, metadata={"help": "Random seed.", "read_by": (TRAINING, DATASET)})
+    data_seed: int | None = field(default=None, metadata={"help": "Seed of the data sampler.", "read_by": (TRAINING,)})
+    bf16: bool = field(default=False, metadata={"help": "Mixed precision with bfloat16.", "read_by": (TRAINING,)})
+    fp16: bool = field(default=False, metadata={"help": "Mixed precision with float16.", "read_by": (TRAINING,)})
+    tf32: bool | None = field(
+        default=None, metadata={"help": "Allow TF32 matmuls on Ampere+ GPUs.", "read_by": (TRAINING,)}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations to save memory.", "read_by": (TRAINING,)}
+    )
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name.", "read_by": (TRAINING,)})
+    report_to: list[str] | None = field(
+        default=None, metadata={"help": "none, tensorboard, wandb, ... (comma list).", "read_by": (TRAINING,)}
+    )
+    run_name: str | None = field(default=None, metadata={"help": "Run name for loggers.", "read_by": (TRAINING,)})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "Checkpoint folder to resume from.", "read_by": (TRAINING,)}
+    )
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": "Data loader worker processes.", "read_by": (TRAINING,)}
+    )
+    ddp_timeout: int = field(default=1800, metadata={"help": "Distributed timeout in seconds.", "read_by": (TRAINING,)})
+    deepspeed: str | None = field(
+        default=None, metadata={"help": "DeepSpeed JSON config path.", "read_by": (TRAINING,)}
+    )
+    predict_with_generate: bool = field(
+        default=False, metadata={"help": "Generate in predict/eval (sft).", "read_by": (TRAINING,)}
+    )
+    generation_max_length: int | None = field(
+        default=None, metadata={"help": "Generation length in predict.", "read_by": (TRAINING,)}
+    )
+    generation_num_beams: int | None = field(
+        default=None, metadata={"help": "Beams in predict.", "read_by": (TRAINING,)}
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars.", "read_by": (TRAINING,)})
+    use_cpu: bool = field(
+        default=False, metadata={"help": "Train on the CPU even when a GPU is present.", "read_by": (TRAINING,)}
+    )
+    hf_passthrough: dict = field(
+        default_factory=dict,
+        metadata={"help": "Other TrainingArguments keys, passed to the Trainer as given.", "read_by": (TRAINING,)},
+    )
+
+
+@functools.cache
+def trainer_keys() -> frozenset[str]:
+    """The keys transformers' Seq2SeqTrainingArguments takes (its init fields). Imports transformers: slow."""
+    from transformers import Seq2SeqTrainingArguments
+
+    return frozenset(f.name for f in fields(Seq2SeqTrainingArguments) if f.init)

@@ -1,25 +1,26 @@
 """Cross-field checks and derived defaults, applied once after parsing.
 
 Every problem is collected and reported together (a user fixing a config should not
-discover the problems one run at a time).
+discover the problems one run at a time). A setting is checked only for the commands that read
+it (`lmforge.config.run.checked_readers`): a key a command does not read is ignored there, with a
+warning from the parser, not refused.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Collection
+from dataclasses import fields
 
-from lmforge.config.finetune import FINETUNING_TYPES, STAGES
+from lmforge.config.data import MIX_STRATEGIES
+from lmforge.config.export import EXPORT_FORMATS, GGUF_TYPES
+from lmforge.config.finetune import FINETUNING_TYPES, IMPLEMENTED_STAGES, STAGES
+from lmforge.config.readers import DATASET, EVAL, EXPORT, MODEL, TEMPLATE, TRAINING
+from lmforge.config.run import COMMAND_GROUPS, GROUPS, RunConfig, checked_readers, read_by
 from lmforge.errors import did_you_mean
 
-if TYPE_CHECKING:
-    from lmforge.config.parser import RunConfig
-
-MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over", "interleave_once")
 INFER_BACKENDS = ("huggingface", "vllm", "llamacpp")
 INFER_DTYPES = ("auto", "float16", "bfloat16", "float32")
 FLASH_ATTN = ("auto", "disabled", "sdpa", "fa2", "fa3")
-EXPORT_FORMATS = ("safetensors", "gguf")
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 EVAL_STRATEGIES = ("no", "steps", "epoch")
 
 # LLaMA-Factory keys that lmforge knows but does not implement: accepted when off, refused when on,
@@ -41,19 +42,29 @@ UNSUPPORTED_SWITCHES = (
 )
 
 
-def finalize(cfg: RunConfig) -> list[str]:
-    """Fill derived defaults and return every cross-field problem found (empty when valid)."""
-    from lmforge.config.parser import COMMAND_GROUPS
+def finalize(cfg: RunConfig, template_names: Collection[str] | None = None) -> list[str]:
+    """Fill derived defaults and return every cross-field problem found (empty when valid).
 
-    groups = COMMAND_GROUPS[cfg.command]
+    `template_names`: the valid values of `template`; None skips that check.
+    """
+    _derive(cfg, COMMAND_GROUPS[cfg.command])
+    return check(cfg, template_names)
+
+
+def check(cfg: RunConfig, template_names: Collection[str] | None = None) -> list[str]:
+    """Every cross-field problem of `cfg`, looking only at the settings its command reads."""
+    readers = checked_readers(cfg.command)
     problems: list[str] = []
-    _derive(cfg, groups)
-    _check_common(cfg, problems)
-    if "train" in groups:
-        _check_train(cfg, problems)
-    if "export" in groups:
+    _check_common(cfg, readers, template_names, problems)
+    if DATASET in readers:
+        _check_dataset(cfg, problems)
+    if MODEL in readers:
+        _check_model(cfg, problems)
+    if TRAINING in readers:
+        _check_training(cfg, problems)
+    if EXPORT in readers:
         _check_export(cfg, problems)
-    if "eval" in groups:
+    if EVAL in readers:
         _check_eval(cfg, problems)
     return problems
 
@@ -81,27 +92,48 @@ def _choice(problems: list[str], key: str, value, choices) -> None:
         problems.append(f"'{key}' is '{value}', which is not one of: {', '.join(map(str, choices))}.{hint}")
 
 
-def _check_common(cfg: RunConfig, problems: list[str]) -> None:
+def _reads(readers: frozenset[str], group: str, key: str) -> bool:
+    """Whether one of `readers` reads `key` (for the keys that several readers read)."""
+    return any(readers.intersection(read_by(f)) for f in fields(GROUPS[group]) if f.name == key)
+
+
+def _check_stage(stage, problems: list[str]) -> None:
+    if stage in IMPLEMENTED_STAGES:
+        return
+    if stage in STAGES:
+        problems.append(f"'stage' is '{stage}', which is not available in this version of lmforge; "
+                        f"available stages: {', '.join(IMPLEMENTED_STAGES)}.")
+        return
+    hint = did_you_mean(stage, STAGES) if isinstance(stage, str) else ""
+    problems.append(f"'stage' is '{stage}', which is not one of: {', '.join(IMPLEMENTED_STAGES)}.{hint}")
+
+
+def _check_common(cfg: RunConfig, readers: frozenset[str], template_names: Collection[str] | None,
+                  problems: list[str]) -> None:
     model, data, ft = cfg.model, cfg.data, cfg.finetune
     if not model.model_name_or_path:
         problems.append("'model_name_or_path' is required: a hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local folder.")
-    _choice(problems, "stage", ft.stage, STAGES)
-    _choice(problems, "finetuning_type", ft.finetuning_type, FINETUNING_TYPES)
-    _choice(problems, "mix_strategy", data.mix_strategy, MIX_STRATEGIES)
-    _choice(problems, "infer_backend", model.infer_backend, INFER_BACKENDS)
-    _choice(problems, "infer_dtype", model.infer_dtype, INFER_DTYPES)
-    _choice(problems, "flash_attn", model.flash_attn, FLASH_ATTN)
-    if data.template is not None:
-        from lmforge.data.templates import list_templates
-
-        names = list_templates()
-        if data.template not in names:
+    if _reads(readers, "finetune", "stage"):
+        _check_stage(ft.stage, problems)
+    if _reads(readers, "finetune", "finetuning_type"):
+        _choice(problems, "finetuning_type", ft.finetuning_type, FINETUNING_TYPES)
+    if _reads(readers, "model", "infer_backend"):
+        _choice(problems, "infer_backend", model.infer_backend, INFER_BACKENDS)
+    if _reads(readers, "model", "infer_dtype"):
+        _choice(problems, "infer_dtype", model.infer_dtype, INFER_DTYPES)
+    if TEMPLATE in readers and template_names is not None and data.template is not None:
+        if data.template not in template_names:
             problems.append(
-                f"unknown template '{data.template}'.{did_you_mean(data.template, names)} "
+                f"unknown template '{data.template}'.{did_you_mean(data.template, template_names)} "
                 "Run `lmforge templates` to list them."
             )
-    if data.cutoff_len <= 0:
+    if _reads(readers, "data", "cutoff_len") and data.cutoff_len <= 0:
         problems.append(f"'cutoff_len' must be a positive number of tokens, got {data.cutoff_len}.")
+
+
+def _check_dataset(cfg: RunConfig, problems: list[str]) -> None:
+    data, ft = cfg.data, cfg.finetune
+    _choice(problems, "mix_strategy", data.mix_strategy, MIX_STRATEGIES)
     if data.val_size < 0:
         problems.append(f"'val_size' must be >= 0 (a fraction below 1 or a row count), got {data.val_size}.")
     if data.max_samples is not None and data.max_samples <= 0:
@@ -109,19 +141,36 @@ def _check_common(cfg: RunConfig, problems: list[str]) -> None:
     if data.interleave_probs is not None:
         if data.mix_strategy == "concat":
             problems.append("'interleave_probs' needs mix_strategy interleave_under, interleave_over or interleave_once.")
-        elif data.dataset and len(data.interleave_probs) != len(data.dataset):
-            problems.append(
-                f"'interleave_probs' has {len(data.interleave_probs)} values but 'dataset' names "
-                f"{len(data.dataset)} datasets; give one probability per dataset."
-            )
+        else:
+            probs = data.interleave_probs
+            # Eval datasets are mixed like the training ones (unless each is evaluated on its own).
+            mixed = [("dataset", data.dataset)]
+            if not data.eval_on_each_dataset:
+                mixed.append(("eval_dataset", data.eval_dataset))
+            for key, names in mixed:
+                if names and len(probs) != len(names):
+                    problems.append(f"'interleave_probs' has {len(probs)} values but '{key}' names {len(names)} "
+                                    "datasets; give one probability per dataset.")
+            if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+                problems.append(f"'interleave_probs' ({', '.join(map(str, probs))}) must be non-negative and sum "
+                                f"to 1; they sum to {sum(probs):g}.")
     if ft.stage != "sft":
         for key in ("train_on_prompt", "mask_history", "neat_packing"):
             if getattr(data, key):
                 problems.append(f"'{key}' only applies to stage sft (stage is {ft.stage}).")
     if data.train_on_prompt and data.mask_history:
         problems.append("'train_on_prompt' and 'mask_history' cannot both be true.")
-    if ft.lora_rank <= 0:
-        problems.append(f"'lora_rank' must be positive, got {ft.lora_rank}.")
+    if data.val_size > 0 and data.eval_dataset:
+        problems.append("'val_size' and 'eval_dataset' cannot be used together; choose one.")
+    if data.streaming and data.max_samples is not None:
+        problems.append("'max_samples' cannot be used with 'streaming'.")
+    if data.streaming and 0 < data.val_size < 1:
+        problems.append("with 'streaming', 'val_size' must be a row count (>= 1), not a fraction.")
+
+
+def _check_model(cfg: RunConfig, problems: list[str]) -> None:
+    model, ft = cfg.model, cfg.finetune
+    _choice(problems, "flash_attn", model.flash_attn, FLASH_ATTN)
     if model.adapter_name_or_path and ft.finetuning_type != "lora":
         problems.append(f"'adapter_name_or_path' needs finetuning_type lora (it is {ft.finetuning_type}).")
     if model.quantization_bit is not None:
@@ -129,12 +178,14 @@ def _check_common(cfg: RunConfig, problems: list[str]) -> None:
             problems.append(f"'quantization_bit' must be 4 or 8, got {model.quantization_bit}.")
         if ft.finetuning_type != "lora":
             problems.append("quantization ('quantization_bit') is only supported with finetuning_type lora.")
+
+
+def _check_training(cfg: RunConfig, problems: list[str]) -> None:
+    data, train, ft = cfg.data, cfg.train, cfg.finetune
+    if ft.lora_rank <= 0:
+        problems.append(f"'lora_rank' must be positive, got {ft.lora_rank}.")
     if ft.freeze_extra_modules and ft.finetuning_type != "freeze":
         problems.append("'freeze_extra_modules' only applies to finetuning_type freeze.")
-
-
-def _check_train(cfg: RunConfig, problems: list[str]) -> None:
-    data, train, ft = cfg.data, cfg.train, cfg.finetune
     if cfg.command == "train" and not (train.do_train or train.do_eval or train.do_predict):
         problems.append("nothing to do: set do_train, do_eval or do_predict to true.")
     if cfg.command == "train" and not train.output_dir:
@@ -143,14 +194,8 @@ def _check_train(cfg: RunConfig, problems: list[str]) -> None:
         problems.append("'do_train' needs 'dataset': one or more names from dataset_info.json.")
     if (train.do_eval or train.do_predict) and not (data.eval_dataset or data.val_size > 0):
         problems.append("'do_eval'/'do_predict' need 'eval_dataset' or a 'val_size' above 0.")
-    if data.val_size > 0 and data.eval_dataset:
-        problems.append("'val_size' and 'eval_dataset' cannot be used together; choose one.")
     if data.streaming and train.max_steps <= 0:
         problems.append("'streaming' needs 'max_steps' (a streamed dataset has no known length).")
-    if data.streaming and data.max_samples is not None:
-        problems.append("'max_samples' cannot be used with 'streaming'.")
-    if data.streaming and 0 < data.val_size < 1:
-        problems.append("with 'streaming', 'val_size' must be a row count (>= 1), not a fraction.")
     _choice(problems, "eval_strategy", train.eval_strategy, EVAL_STRATEGIES)
     if train.bf16 and train.fp16:
         problems.append("'bf16' and 'fp16' cannot both be true.")
@@ -173,8 +218,6 @@ def _check_train(cfg: RunConfig, problems: list[str]) -> None:
         problems.append("'gradient_accumulation_steps' must be positive.")
     if train.learning_rate <= 0:
         problems.append(f"'learning_rate' must be positive, got {train.learning_rate}.")
-    if ft.stage in ("rm", "ppo") and train.load_best_model_at_end:
-        problems.append(f"'load_best_model_at_end' is not supported in stage {ft.stage}.")
 
 
 def _check_export(cfg: RunConfig, problems: list[str]) -> None:

@@ -33,6 +33,9 @@ from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from lmforge.data.columns import META_COLUMNS
+from lmforge.data.openai_messages import TOOL_SEPARATOR, BadToolCall, merge_tool_results, tool_calls_content
+
 if TYPE_CHECKING:
     from lmforge.data.registry import DatasetSpec
 
@@ -69,11 +72,8 @@ REASONS = (
     INVALID_TOOL_CALL_JSON, INVALID_TOOLS_JSON,
 )  # fmt: skip
 
-ALIGNED_COLUMNS = (
-    "_prompt", "_response", "_system", "_tools", "_images", "_videos", "_audios", "_dataset", "_row", "_drop",
-)  # fmt: skip
+ALIGNED_COLUMNS = ("_prompt", "_response", "_system", "_tools", "_images", "_videos", "_audios", *META_COLUMNS)
 MEDIA_KINDS = ("images", "videos", "audios")
-TOOL_SEPARATOR = "\n</tool_response>\n<tool_response>\n"
 _MAX_JSON_STARTS = 64
 
 Converter = Callable[[dict[str, Any], "DatasetSpec"], dict[str, Any]]
@@ -317,14 +317,11 @@ def _tool_calls_content(tool_calls: Any) -> str:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise InvalidRow(INVALID_TOOL_CALL_JSON)
-        arguments = function.get("arguments")
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError:
-                raise InvalidRow(INVALID_TOOL_CALL_JSON) from None
-        calls.append({"name": function["name"], "arguments": {} if arguments is None else arguments})
-    return json.dumps(calls, ensure_ascii=False)
+        calls.append((function["name"], function.get("arguments")))
+    try:
+        return tool_calls_content(calls)
+    except BadToolCall:
+        raise InvalidRow(INVALID_TOOL_CALL_JSON) from None
 
 
 def convert_openai(example: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
@@ -332,27 +329,19 @@ def convert_openai(example: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]
     tags = spec.tags
     messages, system = _split_system(example.get(spec.columns.messages), example, spec)
     roles = _tag_roles(spec)
-    aligned: list[dict[str, str]] = []
-    results: list[str] = []
+    turns: list[tuple[str, str, None]] = []
     for message in messages:
         tag = message.get(tags.role_tag)
         content = message.get(tags.content_tag)
         if tag in (tags.assistant_tag, tags.function_tag) and message.get("tool_calls"):
             content, tag = _tool_calls_content(message["tool_calls"]), tags.function_tag
-        if tag == tags.observation_tag:
-            results.append(_text(content))
-            continue
-        if results:
-            aligned.append(_message(Role.OBSERVATION, TOOL_SEPARATOR.join(results)))
-            results = []
-        role = roles.get(tag)
+        role = Role.OBSERVATION if tag == tags.observation_tag else roles.get(tag)
         if role is None:
             raise InvalidRow(UNKNOWN_ROLE)
-        aligned.append(_message(role, _text(content)))
-    if results:
-        # LLaMA-Factory loses trailing tool results and trains on the call alone; keeping them makes
-        # the row fail the count check below, so it is reported instead.
-        aligned.append(_message(Role.OBSERVATION, TOOL_SEPARATOR.join(results)))
+        turns.append((role.value, _text(content), None))
+    # LLaMA-Factory loses trailing tool results and trains on the call alone; keeping them makes
+    # the row fail the count check below, so it is reported instead.
+    aligned = [_message(role, content) for role, content, _ in merge_tool_results(turns)]
     # LLaMA-Factory rewrites the system prompt of every openai row here ("detailed thinking off"),
     # a model-specific hack; we deliberately keep the system prompt as the data gives it.
     return _checked_row(aligned, system, example, spec, roles)

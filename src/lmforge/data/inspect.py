@@ -1,4 +1,4 @@
-"""`lmforge data preview` and `lmforge data check`: see what training will see, before it runs.
+"""What `lmforge data preview` and `lmforge data check` show: what training will see, before it runs.
 
 preview: the first samples rendered through the template, trained text marked [[...]], with token
 counts. check: every row validated; rows loaded and dropped (by reason, with row numbers), token
@@ -7,10 +7,9 @@ lengths against cutoff_len, and how much truncation cuts. Exit code 1 when any r
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
+from dataclasses import dataclass
 from typing import Any
 
 from lmforge.errors import UserError
@@ -19,55 +18,14 @@ MARK_OPEN, MARK_CLOSE = "[[", "]]"
 PERCENTILES = (50, 90, 95, 99)
 
 
-USAGE = "Usage: lmforge data {preview,check} CONFIG.yaml [key=value ...] [--num N] [--split train|eval] [--json]"
+@dataclass(frozen=True)
+class InspectOptions:
+    """The command-line options of `lmforge data` besides the config."""
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises a UserError (one line, exit 1) instead of printing usage and exiting 2."""
-
-    def error(self, message: str):
-        raise UserError(f"{message}. {USAGE}")
-
-
-def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = _Parser(prog="lmforge data", add_help=False)
-    parser.add_argument("action", choices=("preview", "check"))
-    parser.add_argument("--num", type=int, default=3, help="preview: number of samples to show")
-    parser.add_argument("--split", default="train", help="train or eval")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    if not argv or argv[0] not in ("preview", "check"):
-        raise UserError(USAGE)
-    own, rest = [], []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if token in ("--num", "--split"):
-            own += argv[i : i + 2]
-            i += 2
-            continue
-        if token == "--json" or token.startswith(("--num=", "--split=")) or i == 0:
-            own.append(token)
-        else:
-            rest.append(token)
-        i += 1
-    args = parser.parse_args(own)
-    if args.num < 1:
-        raise UserError(f"--num must be at least 1, got {args.num}.")
-    if args.split not in ("train", "eval"):
-        raise UserError(f"--split must be train or eval, got '{args.split}'.")
-    return args, rest
-
-
-def prepare(config_argv: list[str]):
-    """Config, tokenizer and template of a run, exactly as `lmforge train` prepares them."""
-    from lmforge.config import parse_config
-    from lmforge.data.pipeline import prepare_template
-    from lmforge.model.loader import load_tokenizer
-
-    cfg = parse_config("data", config_argv)
-    tokenizer = load_tokenizer(cfg.model)
-    template = prepare_template(cfg.data, tokenizer)
-    return cfg, tokenizer, template
+    action: str = "preview"  # preview or check
+    num: int = 3  # preview: number of samples to show
+    split: str = "train"  # train or eval
+    json: bool = False  # machine-readable output
 
 
 def mark_trained(tokenizer, input_ids: list[int], labels: list[int] | None) -> str:
@@ -88,11 +46,11 @@ def mark_trained(tokenizer, input_ids: list[int], labels: list[int] | None) -> s
 def _split_names(args, splits) -> list[str]:
     """The aligned splits that `--split` names: train, or every eval split (one per dataset with
     eval_on_each_dataset)."""
-    from lmforge.data.pipeline import EVAL, TRAIN
+    from lmforge.data.columns import EVAL_SPLIT, TRAIN_SPLIT
 
     if args.split == "train":
-        return [TRAIN] if TRAIN in splits else []
-    return [name for name in splits if name == EVAL or name.startswith(EVAL + "_")]
+        return [TRAIN_SPLIT] if TRAIN_SPLIT in splits else []
+    return [name for name in splits if name == EVAL_SPLIT or name.startswith(EVAL_SPLIT + "_")]
 
 
 def _first_rows(splits, names: list[str], num: int) -> list[dict[str, Any]]:
@@ -281,13 +239,3 @@ def render_check(result: dict[str, Any], report) -> str:
             lines.append(f"  packing leaves out {split['packing_dropped_tokens']} tokens after the last full block")
         lines.append(f"  {split['samples']} {name} samples after tokenization")
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    args, config_argv = _parse(argv)
-    cfg, tokenizer, template = prepare(config_argv)
-    out = sys.stdout
-    try:
-        return preview(args, cfg, tokenizer, template) if args.action == "preview" else check(args, cfg, tokenizer, template)
-    finally:
-        out.flush()

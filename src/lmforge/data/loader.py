@@ -13,6 +13,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from lmforge.config.data import MIX_STRATEGIES
+from lmforge.data.columns import EVAL_SPLIT, TRAIN_SPLIT
 from lmforge.data.converters import RowConverter, aligned_features
 from lmforge.data.files import load_cloud_dataset, load_local_dataset, root_message
 from lmforge.data.registry import FORMATS, DatasetSpec, get_dataset_specs, is_env_enabled
@@ -26,12 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MIX_STRATEGIES = {
-    "concat": None,
-    "interleave_under": "first_exhausted",
-    "interleave_over": "all_exhausted",
-    "interleave_once": "all_exhausted_without_replacement",
-}
 RANKING_STAGES = ("rm", "dpo")
 _PEEK_ROWS = 10
 _SHARED_COLUMNS = ("system", "tools", "images", "videos", "audios", "chosen", "rejected", "kto_tag")
@@ -67,7 +63,6 @@ def load_aligned_datasets(
     specs = get_dataset_specs(names, data_args.dataset_dir)
     if not specs:
         return None
-    check_mix_args(data_args, len(specs))
     report = report if report is not None else DropReport()
     loaded = [load_aligned_dataset(spec, data_args, seed=seed, report=report, stage=stage) for spec in specs]
     return merge_datasets(loaded, data_args, seed)
@@ -372,39 +367,10 @@ def _roles_seen(raw, spec: DatasetSpec) -> list[str]:
     return list(roles)
 
 
-def check_mix_args(data_args: DataArguments, count: int) -> None:
-    """Validate `mix_strategy` and `interleave_probs` for `count` datasets before anything is loaded."""
-    strategy = data_args.mix_strategy
-    if strategy not in MIX_STRATEGIES:
-        raise UserError(
-            f"Unknown mix_strategy '{strategy}'.{did_you_mean(strategy, MIX_STRATEGIES)} "
-            f"Use one of: {', '.join(MIX_STRATEGIES)}."
-        )
-    probs = data_args.interleave_probs
-    if probs is None or count < 2:
-        return
-    if strategy == "concat":
-        raise UserError(
-            "interleave_probs is set but mix_strategy is concat; set mix_strategy to interleave_under, "
-            "interleave_over or interleave_once."
-        )
-    if len(probs) != count:
-        raise UserError(
-            f"interleave_probs has {len(probs)} value{'s' if len(probs) != 1 else ''} ({', '.join(map(str, probs))}) "
-            f"but there are {count} datasets; give one probability per dataset, in the same order."
-        )
-    if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
-        raise UserError(
-            f"interleave_probs ({', '.join(map(str, probs))}) must be non-negative and sum to 1; "
-            f"they sum to {sum(probs):g}."
-        )
-
-
 def merge_datasets(datasets: list[Any], data_args: DataArguments, seed: int = 42) -> Dataset | IterableDataset:
     """Mix aligned datasets with `data_args.mix_strategy` (concat, or interleave with `interleave_probs`)."""
     from datasets import concatenate_datasets, interleave_datasets
 
-    check_mix_args(data_args, len(datasets))
     if len(datasets) == 1:
         return datasets[0]
     strategy = MIX_STRATEGIES[data_args.mix_strategy]
@@ -437,8 +403,8 @@ def split_train_eval(
     val_size = data_args.val_size
     if val_size <= 1e-6:
         if data_args.streaming:
-            return IterableDatasetDict({"train": dataset.shuffle(buffer_size=data_args.buffer_size, seed=seed)})
-        return DatasetDict({"train": dataset})
+            return IterableDatasetDict({TRAIN_SPLIT: dataset.shuffle(buffer_size=data_args.buffer_size, seed=seed)})
+        return DatasetDict({TRAIN_SPLIT: dataset})
     whole = float(val_size).is_integer()
     if data_args.streaming:
         if val_size < 1 or not whole:
@@ -447,7 +413,7 @@ def split_train_eval(
                 "of rows (e.g. val_size: 500) or turn off streaming."
             )
         shuffled = dataset.shuffle(buffer_size=data_args.buffer_size, seed=seed)
-        return IterableDatasetDict({"train": shuffled.skip(int(val_size)), "validation": shuffled.take(int(val_size))})
+        return IterableDatasetDict({TRAIN_SPLIT: shuffled.skip(int(val_size)), EVAL_SPLIT: shuffled.take(int(val_size))})
     if val_size >= 1 and not whole:
         raise UserError(f"val_size {val_size:g} is neither a fraction below 1 nor a whole number of rows.")
     test_size = int(val_size) if val_size >= 1 else val_size
@@ -459,7 +425,7 @@ def split_train_eval(
             "evaluation and one for training."
         )
     split = dataset.train_test_split(test_size=test_size, seed=seed)
-    return DatasetDict({"train": split["train"], "validation": split["test"]})
+    return DatasetDict({TRAIN_SPLIT: split["train"], EVAL_SPLIT: split["test"]})
 
 
 def get_aligned_splits(
@@ -468,8 +434,6 @@ def get_aligned_splits(
     """`dataset` and `eval_dataset` as aligned splits: train, validation (or validation_<name> per eval dataset)."""
     from datasets import DatasetDict, IterableDatasetDict
 
-    if data_args.val_size > 1e-6 and data_args.eval_dataset:
-        raise UserError("Set either val_size (hold out part of `dataset`) or eval_dataset, not both.")
     report = report if report is not None else DropReport()
     splits: dict[str, Any] = {}
     train = load_aligned_datasets(data_args, data_args.dataset, seed=seed, report=report, stage=stage)
@@ -482,6 +446,6 @@ def get_aligned_splits(
         evaluation = load_aligned_datasets(data_args, group, seed=seed, report=report, stage=stage)
         if data_args.streaming:
             evaluation = evaluation.shuffle(buffer_size=data_args.buffer_size, seed=seed)
-        key = f"validation_{group[0]}" if data_args.eval_on_each_dataset else "validation"
+        key = f"{EVAL_SPLIT}_{group[0]}" if data_args.eval_on_each_dataset else EVAL_SPLIT
         splits[key] = evaluation
     return IterableDatasetDict(splits) if data_args.streaming else DatasetDict(splits)

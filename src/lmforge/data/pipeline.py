@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmforge.data.columns import DROPPED_TOKENS, EVAL_SPLIT, META_COLUMNS, TRAIN_SPLIT
 from lmforge.data.report import DropReport, collect_drops
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
@@ -19,9 +20,6 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-TRAIN = "train"
-EVAL = "validation"
-_META = ("_dataset", "_row", "_drop", "_dropped_tokens")
 
 
 @dataclass
@@ -101,7 +99,7 @@ def tokenize_split(dataset, data_args: DataArguments, processor, report: DropRep
         kwargs.update(batch_size=data_args.preprocessing_batch_size, features=processor.features)
     tokenized = dataset.map(processor.process if streaming else processor, **kwargs)
     dropped_tokens = 0
-    if not streaming and "_dropped_tokens" in tokenized.column_names:
+    if not streaming and DROPPED_TOKENS in tokenized.column_names:
         dropped_tokens = dropped_tail_tokens(tokenized)
         # The packed remainder is a token count, not a dropped row: keep it out of the row report.
         tokenized = tokenized.filter(lambda drops: [d != PACKING_REMAINDER for d in drops], input_columns="_drop",
@@ -110,7 +108,7 @@ def tokenize_split(dataset, data_args: DataArguments, processor, report: DropRep
         tokenized = tokenized.filter(lambda drop: drop != PACKING_REMAINDER, input_columns="_drop")
     valid = collect_drops(tokenized, report, stage="tokenize")
     present = valid.column_names or []
-    meta = [c for c in _META if c in present]
+    meta = [c for c in (*META_COLUMNS, DROPPED_TOKENS) if c in present]
     return (valid.remove_columns(meta) if meta else valid), dropped_tokens
 
 
@@ -130,13 +128,13 @@ def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, g
     aligned = load_aligned(cfg, module.report, stage)
     tokenized: dict[str, Any] = {}
     for name, dataset in aligned.items():
-        processor = get_processor(stage, data, template, tokenizer, do_generate=generate_eval and name != TRAIN)
+        processor = get_processor(stage, data, template, tokenizer, do_generate=generate_eval and name != TRAIN_SPLIT)
         tokenized[name], dropped = tokenize_split(dataset, data, processor, module.report, name)
         module.packing_dropped_tokens += dropped
         if not data.streaming and len(tokenized[name]) == 0:
             details = "; ".join(module.report.summary_lines()) or "no rows were loaded"
             raise UserError(
-                f"No valid {'training' if name == TRAIN else 'evaluation'} samples are left after tokenization "
+                f"No valid {'training' if name == TRAIN_SPLIT else 'evaluation'} samples are left after tokenization "
                 f"(cutoff_len {data.cutoff_len}): {details}. Run `lmforge data check` on this config for details."
             )
     for line in module.summary_lines():
@@ -148,9 +146,9 @@ def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, g
         save_tokenized(tokenized, data.tokenized_path, overwrite=True)
         logger.info(f"Saved the tokenized dataset to {data.tokenized_path}.")
 
-    module.train_dataset = tokenized.get(TRAIN)
-    evals = {k[len(EVAL) + 1:]: v for k, v in tokenized.items() if k.startswith(EVAL + "_")}
-    module.eval_dataset = evals or tokenized.get(EVAL)
+    module.train_dataset = tokenized.get(TRAIN_SPLIT)
+    evals = {k[len(EVAL_SPLIT) + 1:]: v for k, v in tokenized.items() if k.startswith(EVAL_SPLIT + "_")}
+    module.eval_dataset = evals or tokenized.get(EVAL_SPLIT)
     return module
 
 
@@ -161,15 +159,15 @@ def _load_saved(data: DataArguments, stage: str, template, tokenizer, generate_e
 
     logger.info(f"Loading the tokenized dataset from {data.tokenized_path} (dataset settings are not used).")
     saved = load_tokenized(data.tokenized_path)
-    evals = {f"{EVAL}_{name}": ds for name, ds in saved.eval_by_name.items()}
+    evals = {f"{EVAL_SPLIT}_{name}": ds for name, ds in saved.eval_by_name.items()}
     if saved.eval is not None:
-        evals[EVAL] = saved.eval
-    for name, dataset in ((TRAIN, saved.train), *evals.items()):
+        evals[EVAL_SPLIT] = saved.eval
+    for name, dataset in ((TRAIN_SPLIT, saved.train), *evals.items()):
         if dataset is None:
             continue
         # A folder saved by a run with another stage or packing setting would fail later, in the collator.
         expected = sorted(get_processor(stage, data, template, tokenizer,
-                                        do_generate=generate_eval and name != TRAIN).model_columns)
+                                        do_generate=generate_eval and name != TRAIN_SPLIT).model_columns)
         if sorted(dataset.column_names) != expected:
             raise UserError(
                 f"tokenized_path '{data.tokenized_path}' split '{name}' was saved with columns "
@@ -177,18 +175,3 @@ def _load_saved(data: DataArguments, stage: str, template, tokenizer, generate_e
                 "Delete the folder, set overwrite_cache: true to rebuild it, or choose another tokenized_path."
             )
     return DatasetModule(train_dataset=saved.train, eval_dataset=saved.eval_by_name or saved.eval)
-
-
-def prepare_template(data_args: DataArguments, tokenizer):
-    """The run's template (a fresh object) with the tokenizer fitted to it."""
-    from lmforge.data.templates import get_template
-
-    template = get_template(
-        data_args.template,
-        tokenizer,
-        tool_format=data_args.tool_format,
-        default_system=data_args.default_system,
-        enable_thinking=data_args.enable_thinking,
-    )
-    template.fix_tokenizer(tokenizer)
-    return template

@@ -13,10 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lmforge.data.columns import META_COLUMNS
+
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
 
-META_COLUMNS = ("_dataset", "_row", "_drop")
 _BATCH_ROWS = 65536
 
 

@@ -13,11 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge.data.columns import EVAL_SPLIT, MODEL_COLUMNS, TRAIN_SPLIT
 from lmforge.errors import UserError
 
-MODEL_COLUMNS = ("input_ids", "attention_mask", "labels", "position_ids")
-TRAIN_SPLIT = "train"
-EVAL_SPLIT = "validation"
 
 
 @dataclass

@@ -11,6 +11,7 @@ atomically, so its presence says that the predictions file is complete.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,15 +34,19 @@ ALL_RESULTS_FILE = "all_results.json"
 def run_predict(cfg: RunConfig) -> dict:
     """Generate an answer for every eval sample, write them as they come, score them; return the metrics."""
     require_metric_packages()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out = Path(cfg.train.output_dir)
     target = out / PREDICTIONS_FILE
     if target.exists() and not cfg.train.overwrite_output_dir:
         raise UserError(
             f"{target} already exists. Set overwrite_output_dir: true to replace it, or choose another output_dir."
         )
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.hf_engine import HFEngine
     from lmforge.data.pipeline import get_dataset
 
+    from transformers import set_seed
+
+    set_seed(cfg.train.seed)
     engine = HFEngine(cfg)
     module = get_dataset(cfg, engine.tokenizer, engine.template, stage="sft", generate_eval=True)
     dataset = _one_dataset(module.eval_dataset)
@@ -119,7 +124,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _write_results(out: Path, metrics: dict) -> None:
-    from lmforge.train.outputs import write_json_atomic
+    from lmforge.utils.atomic import write_json_atomic
 
     write_json_atomic(out / RESULTS_FILE, metrics)
     combined = {}

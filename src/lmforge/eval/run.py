@@ -77,7 +77,7 @@ def run_eval(cfg: RunConfig) -> dict[str, float]:
     subjects = load_task(ev.task_dir, ev.task, need_dev=ev.n_shot > 0, hub_options=hub_options)
     from tqdm.auto import tqdm
 
-    from lmforge.chat.engine import HFEngine
+    from lmforge.chat.hf_engine import HFEngine
 
     engine = HFEngine(cfg)
     tokenizer, template, model = engine.tokenizer, engine.template, engine.model
@@ -112,16 +112,9 @@ def _save(save_dir: Path, results: dict, report: str) -> None:
     """results.json and results.log appear together: written in a staging folder, then renamed."""
     import json
 
-    from lmforge.train.outputs import publish_dir, staging_dir
+    from lmforge.utils.atomic import publish_dir, staging_dir
 
     staging = staging_dir(save_dir.parent, save_dir.name)
     (staging / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (staging / "results.log").write_text(report + "\n", encoding="utf-8")
     publish_dir(staging, save_dir)
-
-
-def main(argv: list[str]) -> int:
-    from lmforge.config import parse_config
-
-    run_eval(parse_config("eval", argv))
-    return 0

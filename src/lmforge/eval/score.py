@@ -7,7 +7,6 @@ scores its own, so the numbers can be compared. The means are printed and writte
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -54,21 +53,3 @@ def score_file(path: Path) -> dict[str, float]:
     for predict, label in pairs:
         scorer.score(predict, label)
     return scorer.means()
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lmforge eval-predictions",
-                                     description="Score a generated_predictions.jsonl with BLEU-4 and ROUGE.")
-    parser.add_argument("file", help="a JSON-lines file with 'predict' and 'label' on every line")
-    parser.add_argument("--output", help=f"where the scores are written (default: {SCORE_FILE} next to FILE)")
-    args = parser.parse_args(argv)
-    path = Path(args.file)
-    scores = score_file(path)
-    for name, value in scores.items():
-        print(f"{name}: {value:.4f}")
-    from lmforge.train.outputs import write_json_atomic
-
-    output = Path(args.output) if args.output else path.with_name(SCORE_FILE)
-    write_json_atomic(output, scores)
-    print(f"Scores written to {output}")
-    return 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmforge.config.export import GGUF_TYPES
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
@@ -26,7 +27,6 @@ logger = get_logger(__name__)
 # transformers model_type -> llama.cpp architecture. Mistral is the llama architecture in llama.cpp.
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 PERMUTED_QK = ("llama",)  # llama.cpp's llama graph expects the q/k rows in its rotary order
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 # Pre-tokenizer split patterns, by the name llama.cpp knows them under (its `tokenizer.ggml.pre`).

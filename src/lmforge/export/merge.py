@@ -1,13 +1,12 @@
 """Load the model to export: the base weights with every adapter merged in, and the fitted tokenizer.
 
 The same resolution as `lmforge chat` (a training output_dir, or a base model plus adapters), and
-the same adapter code (`apply_adapters`), so the merged export answers like the adapter applied on
+the same adapter loader (`model.adapters.load_adapters`), so the merged export answers like the adapter applied on
 the fly.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +14,7 @@ from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
 if TYPE_CHECKING:
-    from lmforge.chat.loading import ResolvedModel
+    from lmforge.model.resolve import ResolvedModel
     from lmforge.config import RunConfig
 
 logger = get_logger(__name__)
@@ -31,21 +30,13 @@ class MergedModel:
     resolved: ResolvedModel
 
 
-def load_tokenizer_and_template(cfg: RunConfig, resolved: ResolvedModel):
+def load_export_tokenizer(cfg: RunConfig, resolved: ResolvedModel):
     """The tokenizer fitted to the template, carrying the template's chat_template, padding on the left."""
-    from lmforge.data.pipeline import prepare_template
-    from lmforge.data.templates import Template
-    from lmforge.model.loader import load_tokenizer
+    from lmforge.model.tokenizer import load_tokenizer_and_template
 
-    tokenizer = load_tokenizer(_with_path(cfg.model, resolved.tokenizer))
-    data = cfg.data
-    if data.template is None and resolved.template:
-        data = dataclasses.replace(data, template=resolved.template)
-    template = prepare_template(data, tokenizer)
-    if isinstance(template, Template):
-        # Whatever chat_template the tokenizer came with, the export renders exactly like the template.
-        tokenizer.chat_template = template.to_jinja(tokenizer)
-    tokenizer.padding_side = "left"
+    tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data, resolved, padding_side="left")
+    # Whatever chat_template the tokenizer came with, the export renders exactly like the template.
+    tokenizer.chat_template = template.to_jinja(tokenizer)
     return tokenizer, template
 
 
@@ -58,18 +49,19 @@ def export_dtype(name: str):
 
 def load_merged(cfg: RunConfig) -> MergedModel:
     """Load the base model, merge the adapters in order, and fit the tokenizer and generation config."""
-    from lmforge.chat.engine import apply_adapters
-    from lmforge.chat.loading import resolve_model
+    from lmforge.model.adapters import load_adapters
     from lmforge.model.loader import load_model
+    from lmforge.model.resolve import resolve_model
+    from lmforge.model.tokenizer import with_model_path
 
     resolved = resolve_model(cfg)
-    tokenizer, template = load_tokenizer_and_template(cfg, resolved)
+    tokenizer, template = load_export_tokenizer(cfg, resolved)
     device_map = "auto" if cfg.export.export_device == "auto" else None
-    model = load_model(_with_path(cfg.model, resolved.base), tokenizer, export_dtype(cfg.model.infer_dtype),
+    model = load_model(with_model_path(cfg.model, resolved.base), tokenizer, export_dtype(cfg.model.infer_dtype),
                        trainable=False, device_map=device_map)
     if resolved.adapters:
         logger.info(f"Merging {len(resolved.adapters)} adapter(s) into {resolved.base}: {', '.join(resolved.adapters)}")
-    model = apply_adapters(model, resolved.adapters, merge=True, base=resolved.base)
+    model = load_adapters(model, resolved.adapters, resolved.base, merge=True)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         raise UserError(
             f"The tokenizer has {len(tokenizer)} tokens but the model only {model.get_input_embeddings().weight.shape[0]} "
@@ -89,7 +81,3 @@ def fit_generation_config(model, tokenizer, template) -> None:
     if tokenizer.bos_token_id is not None:
         config.bos_token_id = tokenizer.bos_token_id
     model.generation_config = config
-
-
-def _with_path(model_args, path: str):
-    return dataclasses.replace(model_args, model_name_or_path=path, adapter_name_or_path=None)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
-from lmforge.export import EXPORT_FILE
+from lmforge.model.resolve import EXPORT_FILE
 from lmforge.utils.logging import get_logger, quiet_known_warnings
 
 if TYPE_CHECKING:
@@ -31,19 +31,10 @@ MODELFILE = "Modelfile"
 DEFAULT_NUM_CTX = 4096
 
 
-def main(argv: list[str]) -> int:
-    from lmforge.config import parse_config
-
-    out = run_export(parse_config("export", argv))
-    names = sorted(p.name for p in out.iterdir())
-    print(f"lmforge export: wrote {out}: {', '.join(names)}", flush=True)
-    return 0
-
-
 def run_export(cfg: RunConfig) -> Path:
     """Export the model of `cfg` into `export_dir`; return the folder."""
-    from lmforge.chat.loading import resolve_model
-    from lmforge.train.outputs import publish_dir, staging_dir
+    from lmforge.model.resolve import resolve_model
+    from lmforge.utils.atomic import publish_dir, staging_dir
 
     quiet_known_warnings()
     export = cfg.export
@@ -59,9 +50,9 @@ def run_export(cfg: RunConfig) -> Path:
 
     if export.export_quantization_bit is not None:
         from lmforge.export.gptq import load_quantized
-        from lmforge.export.merge import MergedModel, fit_generation_config, load_tokenizer_and_template
+        from lmforge.export.merge import MergedModel, fit_generation_config, load_export_tokenizer
 
-        tokenizer, template = load_tokenizer_and_template(cfg, resolved)
+        tokenizer, template = load_export_tokenizer(cfg, resolved)
         model = load_quantized(cfg, resolved.base, tokenizer)
         fit_generation_config(model, tokenizer, template)
         merged = MergedModel(model, tokenizer, template, resolved)
@@ -133,7 +124,7 @@ def write_export(cfg: RunConfig, merged, folder: Path) -> list[str]:
         model_path = f"./{name}"
     context = getattr(model.config, "max_position_embeddings", None) or DEFAULT_NUM_CTX
     modelfile = template.to_ollama_modelfile(tokenizer, model_path=model_path, num_ctx=min(DEFAULT_NUM_CTX, context),
-                                             tools=getattr(template, "tool_format", None) == "qwen")
+                                             tools=template.tool_format == "qwen")
     (folder / MODELFILE).write_text(modelfile, encoding="utf-8")
     return sorted(p.name for p in folder.iterdir())
 
@@ -141,7 +132,7 @@ def write_export(cfg: RunConfig, merged, folder: Path) -> list[str]:
 def _write_export_file(cfg: RunConfig, merged, folder: Path, files: list[str]) -> None:
     from lmforge import __version__
     from lmforge.export.gguf import gguf_file_name
-    from lmforge.train.outputs import write_json_atomic
+    from lmforge.utils.atomic import write_json_atomic
 
     export = cfg.export
     gguf = "gguf" in export.export_format
@@ -150,7 +141,7 @@ def _write_export_file(cfg: RunConfig, merged, folder: Path, files: list[str]) -
         "lmforge_version": __version__,
         "model_name_or_path": merged.resolved.base,
         "adapter_name_or_path": list(merged.resolved.adapters),
-        "template": getattr(merged.template, "name", None) if not _is_tokenizer_template(merged.template) else None,
+        "template": merged.template.recorded_name,
         "export_format": list(export.export_format),
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
         "gguf_file": gguf_file_name(export.gguf_type) if gguf else None,
@@ -159,12 +150,6 @@ def _write_export_file(cfg: RunConfig, merged, folder: Path, files: list[str]) -
         "files": [*files, EXPORT_FILE],
         "config": cfg.to_flat_dict(only_set=True),
     })
-
-
-def _is_tokenizer_template(template) -> bool:
-    from lmforge.data.templates import TokenizerTemplate
-
-    return isinstance(template, TokenizerTemplate)
 
 
 def _readable_by_all(folder: Path) -> None:

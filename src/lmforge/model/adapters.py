@@ -1,12 +1,14 @@
-"""Attach what trains to a loaded model: LoRA adapters (peft), freeze masks, or everything.
+"""Attach what trains to a loaded model (LoRA adapters, freeze masks, or everything), and load trained adapters.
 
-Also loads trained adapters for inference, merged into the weights or kept unmerged.
+`load_adapters` is the one adapter loader: training continues or merges adapters with it, and
+inference applies them merged into the weights or unmerged (on the fly).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,7 +102,7 @@ def setup_freeze(model, ft: FinetuningArguments) -> list[str]:
     return trainable
 
 
-def check_adapter(path: str, base_path: str | None = None) -> dict:
+def read_adapter_config(path: str) -> dict:
     """The adapter's config, or a clear error when `path` holds no LoRA adapter."""
     config_file = Path(path) / "adapter_config.json"
     if not config_file.is_file():
@@ -113,25 +115,65 @@ def check_adapter(path: str, base_path: str | None = None) -> dict:
         raise UserError(f"{config_file} is not valid JSON; the adapter folder is damaged.") from None
 
 
-def load_adapters(model, model_args: ModelArguments, trainable_last: bool, merge: bool):
-    """Apply `adapter_name_or_path` in order; return (model, the still-unmerged trainable adapter or None)."""
+def _check_same_architecture(adapter: str, trained_on: str, base: str, model) -> None:
+    """Refuse an adapter whose recorded base model (when it is on disk) has another architecture.
+
+    Shapes alone can match by chance (tiny models do), and PEFT then loads the adapter silently.
+    """
+    config_file = Path(trained_on) / "config.json"
+    if not config_file.is_file():
+        return
+    try:
+        recorded = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError):
+        return  # the recorded base is not readable here; PEFT's own shape checks still apply
+    current = getattr(getattr(model, "config", None), "model_type", None)
+    if recorded and current and recorded != current:
+        raise UserError(
+            f"Adapter '{adapter}' does not fit the model '{base}' (it was trained on {trained_on}): "
+            f"that base is a {recorded} model, this one is a {current} model."
+        )
+
+
+def load_adapters(model, paths: Sequence[str], base: str, *, merge: bool, trainable: bool = False):
+    """Apply LoRA adapters in order: the one adapter loader of training and inference.
+
+    `merge`: each adapter is merged into the weights; otherwise they stay stacked and unmerged,
+    all active (applied on the fly). `trainable`: the last adapter stays unmerged and keeps
+    training (the others are merged). Every adapter is checked against the model's architecture
+    first; an unreadable or mismatched adapter is one clear error naming it.
+    """
+    if not paths:
+        return model
     from peft import PeftModel
 
-    paths = model_args.adapter_name_or_path or []
+    stacked: list[str] = []
     for i, path in enumerate(paths):
-        config = check_adapter(path, model_args.model_name_or_path)
-        last = i == len(paths) - 1
+        trained_on = read_adapter_config(path).get("base_model_name_or_path") or "an unknown base model"
+        _check_same_architecture(path, trained_on, base, model)
+        keep_training = trainable and i == len(paths) - 1
+        # The adapter that keeps training must be PEFT's "default" one: only that one is saved at the top level.
+        name = "default" if keep_training else f"adapter_{i}"
         try:
-            model = PeftModel.from_pretrained(model, path, is_trainable=trainable_last and last)
-        except (RuntimeError, ValueError, KeyError) as err:
-            base = config.get("base_model_name_or_path") or "an unknown base model"
+            if isinstance(model, PeftModel) and not keep_training:
+                model.load_adapter(path, adapter_name=name)
+            else:
+                model = PeftModel.from_pretrained(model, path, adapter_name=name, is_trainable=keep_training)
+        except (RuntimeError, ValueError, KeyError, OSError) as err:
             raise UserError(
-                f"Adapter '{path}' does not fit the model '{model_args.model_name_or_path}' "
-                f"(it was trained on {base}): {str(err).splitlines()[0]}"
+                f"Adapter '{path}' does not fit the model '{base}' (it was trained on {trained_on}): "
+                f"{str(err).splitlines()[0]}"
             ) from None
-        if merge and not (trainable_last and last):
+        if keep_training:
+            return model
+        if merge or trainable:
             model = model.merge_and_unload()
-    return model
+        else:
+            stacked.append(name)
+    if stacked:
+        model.base_model.set_adapter(stacked if len(stacked) > 1 else stacked[0])
+        model.requires_grad_(False)
+    return model.eval()
 
 
 def setup_lora(model, model_args: ModelArguments, ft: FinetuningArguments):
@@ -142,10 +184,7 @@ def setup_lora(model, model_args: ModelArguments, ft: FinetuningArguments):
     resume = bool(paths) and not ft.create_new_adapter
     if paths:
         # Merge every adapter but the one that keeps training (or all of them for a new adapter).
-        if resume:
-            model = load_adapters(model, model_args, trainable_last=True, merge=True)
-        else:
-            model = load_adapters(model, model_args, trainable_last=False, merge=True)
+        model = load_adapters(model, paths, model_args.model_name_or_path, merge=True, trainable=resume)
     if resume and isinstance(model, PeftModel):
         return model
     targets = find_all_linear_modules(model) if ft.lora_target == ["all"] else list(ft.lora_target)
@@ -182,9 +221,7 @@ def _float32():
 def init_adapter(model, model_args: ModelArguments, ft: FinetuningArguments, trainable: bool):
     """Prepare `model` for training with `ft.finetuning_type`, or apply adapters for inference."""
     if not trainable:
-        if model_args.adapter_name_or_path:
-            model = load_adapters(model, model_args, trainable_last=False, merge=True)
-        return model
+        return load_adapters(model, model_args.adapter_name_or_path or [], model_args.model_name_or_path, merge=True)
     if ft.finetuning_type == "full":
         setup_full(model, ft)
     elif ft.finetuning_type == "freeze":

@@ -1,4 +1,4 @@
-"""Load tokenizers (and, for training and inference, models) the way users expect from the hub.
+"""Load models (weights, dtype, attention, quantization, RoPE scaling) the way users expect from the hub.
 
 `model_name_or_path` is a hub id or a local folder; this is the same code path for both, the
 tests just point it at a local tiny model.
@@ -6,7 +6,6 @@ tests just point it at a local tiny model.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,31 +40,6 @@ def check_model_path(path: str) -> None:
             f"Model folder '{path}' does not exist. Check model_name_or_path, or build a tiny test model with "
             "`lmforge tiny-model DIR`."
         )
-
-
-def load_tokenizer(model_args: ModelArguments):
-    """Load the tokenizer of `model_args.model_name_or_path` with the user's token additions."""
-    from transformers import AutoTokenizer
-
-    path = model_args.model_name_or_path
-    check_model_path(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path,
-            use_fast=model_args.use_fast_tokenizer,
-            split_special_tokens=model_args.split_special_tokens,
-            padding_side="right",
-            **hub_kwargs(model_args),
-        )
-    except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " The hub is offline (HF_HUB_OFFLINE=1): download the model first or use a local folder." if offline else ""
-        raise UserError(f"Cannot load the tokenizer of '{path}': {str(err).splitlines()[0]}{hint}") from None
-    if model_args.add_tokens:
-        tokenizer.add_tokens(model_args.add_tokens)
-    if model_args.add_special_tokens:
-        tokenizer.add_tokens(model_args.add_special_tokens, special_tokens=True)
-    return tokenizer
 
 
 ATTENTION = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2", "fa3": "flash_attention_3"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmforge.train.outputs import publish_files, staging_dir, write_run_file
+from lmforge.train.outputs import write_run_file
+from lmforge.utils.atomic import publish_files, staging_dir
 from lmforge.utils.logging import get_logger
 
 if TYPE_CHECKING:
@@ -109,5 +110,5 @@ def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_
         trainer.save_metrics("eval", metrics)
         all_metrics.update(metrics)
     if cfg.train.do_train:
-        write_run_file(cfg, out, template.name)
+        write_run_file(cfg, out, template.recorded_name)
     return all_metrics

@@ -1,4 +1,4 @@
-"""The output_dir of a training run: refuse, resume or start; write results atomically.
+"""The output_dir of a training run: refuse, resume or start; the run file that marks it finished.
 
 A run is finished when `lmforge_run.json` exists: it is written last, after the weights, so a
 run killed at any moment never looks finished. Checkpoints are written into a hidden staging
@@ -7,15 +7,14 @@ folder and renamed into place (see `trainer.py`), so every `checkpoint-N/` is co
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
+from lmforge.model.resolve import RUN_FILE
+from lmforge.utils.atomic import remove_staging, write_json_atomic
 from lmforge.utils.logging import get_logger
 
 if TYPE_CHECKING:
@@ -23,9 +22,7 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-RUN_FILE = "lmforge_run.json"
 LOG_FILE = "trainer_log.jsonl"
-STAGING_PREFIX = ".staging-"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -41,9 +38,8 @@ def prepare_output_dir(cfg: RunConfig) -> str | None:
     """Decide how the run starts; return the checkpoint to resume from, or None for a fresh start."""
     train = cfg.train
     out = Path(train.output_dir)
-    for partial in out.glob(f"{STAGING_PREFIX}*") if out.is_dir() else []:
-        # A staging folder is a checkpoint or export interrupted before its rename: never complete.
-        shutil.rmtree(partial, ignore_errors=True)
+    # A staging folder is a checkpoint or final save interrupted before its rename: never complete.
+    remove_staging(out)
     if train.resume_from_checkpoint:
         path = Path(train.resume_from_checkpoint)
         if not (path / "trainer_state.json").is_file():
@@ -76,57 +72,6 @@ def prepare_output_dir(cfg: RunConfig) -> str | None:
     return None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def staging_dir(output_dir: Path, name: str) -> Path:
-    """A fresh hidden folder next to the final location (same file system, so rename is atomic)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / f"{STAGING_PREFIX}{name}"
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir()
-    return path
-
-
-def publish_files(staging: Path, output_dir: Path) -> list[str]:
-    """Move every file of `staging` into `output_dir` (each move atomic), then remove `staging`."""
-    names = []
-    for item in sorted(staging.iterdir()):
-        target = output_dir / item.name
-        if target.is_dir() and item.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-        names.append(item.name)
-    staging.rmdir()
-    return names
-
-
-def publish_dir(staging: Path, target: Path) -> None:
-    """Put the finished `staging` folder in place of `target` (renames only: never a partial folder)."""
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    previous = staging.with_name(f"{staging.name}.previous")
-    if previous.exists():
-        shutil.rmtree(previous)
-    os.rename(target, previous)
-    os.rename(staging, target)
-    if previous.is_dir():
-        shutil.rmtree(previous, ignore_errors=True)
-    else:
-        previous.unlink(missing_ok=True)
-
-
 def write_run_file(cfg: RunConfig, output_dir: Path, template_name: str | None, extra: dict | None = None) -> None:
     """The run's self-description, written last: chat, api and export read the template from it."""
     from lmforge import __version__
@@ -143,14 +88,3 @@ def write_run_file(cfg: RunConfig, output_dir: Path, template_name: str | None, 
     if extra:
         data.update(extra)
     write_json_atomic(output_dir / RUN_FILE, data)
-
-
-def read_run_file(path: str | os.PathLike) -> dict | None:
-    """The run description of a training output_dir, or None when `path` is not one."""
-    file = Path(path) / RUN_FILE
-    if not file.is_file():
-        return None
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        raise UserError(f"{file} is not valid JSON; the run folder is damaged.") from None

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from transformers import PrinterCallback
 
 from lmforge.data.collator import PretrainDataCollator
-from lmforge.data.pipeline import get_dataset, prepare_template
-from lmforge.model.loader import load_tokenizer
+from lmforge.data.pipeline import get_dataset
+from lmforge.model.tokenizer import load_tokenizer_and_template
 from lmforge.train.args import build_training_args
 from lmforge.train.common import training_callbacks, finish, load_trainable_model
 from lmforge.train.trainer import ForgeTrainer
@@ -19,8 +19,7 @@ if TYPE_CHECKING:
 
 def run_pt(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
     """Run pt training and/or evaluation; return the metrics."""
-    tokenizer = load_tokenizer(cfg.model)
-    template = prepare_template(cfg.data, tokenizer)
+    tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
     dataset = get_dataset(cfg, tokenizer, template, stage="pt")
     model = load_trainable_model(cfg, tokenizer, template)
     trainer = ForgeTrainer(

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 from transformers import PrinterCallback
 
 from lmforge.data.collator import SFTDataCollator
-from lmforge.data.pipeline import get_dataset, prepare_template
-from lmforge.model.loader import ATTENTION, load_tokenizer
+from lmforge.data.pipeline import get_dataset
+from lmforge.model.loader import ATTENTION
+from lmforge.model.tokenizer import load_tokenizer_and_template
 from lmforge.train.args import build_training_args
 from lmforge.train.common import training_callbacks, compute_dtype, finish, load_trainable_model
 from lmforge.train.trainer import ForgeTrainer
@@ -19,8 +20,7 @@ if TYPE_CHECKING:
 
 def run_sft(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
     """Run sft training and/or evaluation; return the metrics."""
-    tokenizer = load_tokenizer(cfg.model)
-    template = prepare_template(cfg.data, tokenizer)
+    tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
     tokenizer.chat_template = template.to_jinja(tokenizer)  # saved with every checkpoint and the result
     dataset = get_dataset(cfg, tokenizer, template, stage="sft")
     model = load_trainable_model(cfg, tokenizer, template)

@@ -8,7 +8,7 @@ from pathlib import Path
 from transformers import Seq2SeqTrainer
 from transformers.trainer_utils import rotate_checkpoints
 
-from lmforge.train.outputs import staging_dir
+from lmforge.utils.atomic import fsync_tree, staging_dir
 
 
 class ForgeTrainer(Seq2SeqTrainer):
@@ -73,7 +73,7 @@ class ForgeTrainer(Seq2SeqTrainer):
             if self.args.should_save:
                 self.state.save_to_json(str(written / "trainer_state.json"))
         if self.args.should_save:
-            _fsync_tree(written)
+            fsync_tree(written)
             target = final_dir / name
             if target.exists():  # a checkpoint of the same step from an earlier attempt
                 import shutil
@@ -86,14 +86,6 @@ class ForgeTrainer(Seq2SeqTrainer):
                 save_total_limit=self.args.save_total_limit,
                 best_model_checkpoint=self.state.best_model_checkpoint,
             )
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush a folder's files to disk before it is renamed into view."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
 
 
 def _loraplus_optimizer(trainer, model, ratio: float):

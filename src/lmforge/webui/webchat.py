@@ -9,8 +9,12 @@ GRADIO_SERVER_PORT (7860) and GRADIO_SHARE (false; true asks Gradio for a public
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from lmforge.config import RunConfig
 
 DEFAULT_SERVER_NAME = "127.0.0.1"
 DEFAULT_SERVER_PORT = 7860
@@ -37,13 +41,11 @@ def server_settings(environ=None) -> tuple[str, int, bool]:
     return name, port, share_text in _TRUE
 
 
-def main(argv: list[str]) -> int:
-    from lmforge.config import parse_config
-
-    cfg = parse_config("webchat", argv)
+def serve(cfg: RunConfig) -> None:
+    """Load the model of `cfg` and serve the chat page until interrupted."""
     # Checked before the model loads, so that a typo costs no waiting.
     server_name, server_port, share = server_settings()
-    from lmforge.chat.engine import create_engine
+    from lmforge.chat.factory import create_engine
     from lmforge.webui.chat_page import build_chat_page
 
     engine = create_engine(cfg)
@@ -65,4 +67,3 @@ def main(argv: list[str]) -> int:
         print(f"lmforge webchat: public share link {page.share_url}", flush=True)
     print("lmforge webchat: press Ctrl+C to stop.", flush=True)
     page.block_thread()
-    return 0

@@ -7,6 +7,7 @@ remove_columns=dataset.column_names)`. Every rejected row comes back with `_drop
 
 from __future__ import annotations
 
+from lmforge.config.finetune import IMPLEMENTED_STAGES, STAGES
 from lmforge.data.processors.base import (
     EMPTY_TEXT,
     IGNORE_INDEX,
@@ -33,9 +34,6 @@ __all__ = [
     "infer_seqlen",
 ]
 
-SUPPORTED_STAGES = ("pt", "sft")
-# LLaMA-Factory stages whose processors (pairwise, feedback, ppo prompts) are not written yet.
-PLANNED_STAGES = ("rm", "dpo", "kto", "ppo")
 
 
 def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool = False) -> Processor:
@@ -64,9 +62,9 @@ def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool 
 
         return SupervisedProcessor(data_args, template, tokenizer)
 
-    if stage in PLANNED_STAGES:
-        raise UserError(f"stage '{stage}' is not supported yet. Supported stages: {', '.join(SUPPORTED_STAGES)}.")
+    # Validation refuses these first; this guards direct callers.
+    if stage in STAGES:
+        raise UserError(f"stage '{stage}' is not supported yet. Supported stages: {', '.join(IMPLEMENTED_STAGES)}.")
     raise UserError(
-        f"Unknown stage '{stage}'.{did_you_mean(stage, SUPPORTED_STAGES + PLANNED_STAGES)} "
-        f"Supported stages: {', '.join(SUPPORTED_STAGES)}."
+        f"Unknown stage '{stage}'.{did_you_mean(stage, STAGES)} Supported stages: {', '.join(IMPLEMENTED_STAGES)}."
     )

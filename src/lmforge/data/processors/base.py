@@ -25,7 +25,6 @@ EMPTY_TEXT = "empty_text"  # pt row without any text message
 PACKING_REMAINDER = "packing_remainder"  # pt: tokens after the last full block of a batch
 REASONS = (INVALID_TURNS, TOO_LONG, NO_SUPERVISED_TOKENS, EMPTY_TEXT, PACKING_REMAINDER)
 
-META_COLUMNS = ("_dataset", "_row", "_drop")
 
 
 def int_list(dtype: str = "int32"):

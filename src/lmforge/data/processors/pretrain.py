@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lmforge.data.columns import DROPPED_TOKENS
 from lmforge.data.processors.base import EMPTY_TEXT, PACKING_REMAINDER, Processor, row_meta
 from lmforge.errors import UserError
 
 
 def dropped_tail_tokens(dataset) -> int:
     """Tokens a packed pt dataset lost after the last full block of each `map` batch."""
-    if "_dropped_tokens" not in dataset.column_names:
+    if DROPPED_TOKENS not in dataset.column_names:
         return 0
-    return int(sum(dataset["_dropped_tokens"]))
+    return int(sum(dataset[DROPPED_TOKENS]))
 
 
 class PretrainProcessor(Processor):
@@ -35,7 +36,7 @@ class PretrainProcessor(Processor):
         if packing:
             from datasets import Value
 
-            self.extra_features = {"_dropped_tokens": Value("int64")}
+            self.extra_features = {DROPPED_TOKENS: Value("int64")}
         # LLaMA-Factory hard-codes this for the llama3 template, whose tokenizers' eos_token may be
         # <|eot_id|> (the instruct models'): pre-training text must end with the base model's eos.
         template_name = getattr(template, "name", None) or data_args.template
@@ -82,5 +83,5 @@ class PretrainProcessor(Processor):
             self._add_row(out, "", -1, input_ids=ids, attention_mask=[1] * block)
         if usable < len(tokens):
             self._add_drop(out, "", -1, PACKING_REMAINDER)
-            out["_dropped_tokens"][-1] = len(tokens) - usable
+            out[DROPPED_TOKENS][-1] = len(tokens) - usable
         return out

@@ -1,25 +1,28 @@
 """Chat templates: LLaMA-Factory-compatible rendering, encoding, tool calling, jinja and Ollama export.
 
-`get_template(name, tokenizer)` hands out a new frozen `Template` each call; overrides
-(`tool_format`, `default_system`, `enable_thinking`) are applied with `dataclasses.replace`, so no
-setting leaks into the shared table or into a later run in the same process.
+`get_template(name, tokenizer)` hands out a new frozen template each call: a registered `Template`,
+or a `TokenizerTemplate` for the tokenizer's own chat_template. Both implement `BaseTemplate`, the
+type callers should hold. Overrides (`tool_format`, `default_system`, `enable_thinking`,
+`preserve_thinking`) are applied by `BaseTemplate.with_overrides`, which copies, so no setting leaks
+into the shared table or into a later run in the same process.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from lmforge.errors import UserError, did_you_mean
 
+from .base import BaseTemplate
 from .registry import TEMPLATES
 from .slots import BOS, EOS, Formatter, Token
 from .template import Template
 from .tokenizer_template import TokenizerTemplate
-from .tools import TOOL_FORMATS, FunctionCall, get_tool_format
+from .tools import TOOL_FORMATS, FunctionCall
 
 __all__ = [
     "BOS",
+    "BaseTemplate",
     "EOS",
     "Formatter",
     "FunctionCall",
@@ -52,37 +55,33 @@ def get_template(
     default_system: str | None = None,
     enable_thinking: bool | None = True,
     preserve_thinking: bool = False,
-) -> Template | TokenizerTemplate:
+) -> BaseTemplate:
     """A new template object for `name`, with the given overrides.
 
     `name=None` uses the tokenizer's own chat_template (a `TokenizerTemplate`, whose trained span is
     found by diffing renders), or the `empty` template when the tokenizer has none. `tool_format`
-    replaces the template's tool format; as in LLaMA-Factory the function-call slots then become
-    `{{content}}` + EOS (`{{content}}` with efficient_eos) unless the format is the template's own.
+    replaces the template's tool format; as in LLaMA-Factory a registered template's function-call
+    slots then become `{{content}}` + EOS (`{{content}}` with efficient_eos) unless the format is its
+    own (see `BaseTemplate.with_overrides`).
     """
+    return _lookup(name, tokenizer).with_overrides(
+        tool_format=tool_format,
+        default_system=default_system,
+        enable_thinking=enable_thinking,
+        preserve_thinking=preserve_thinking,
+    )
+
+
+def _lookup(name: str | None, tokenizer) -> BaseTemplate:
+    """The template `name` stands for, before overrides (the shared registry object for a registered name)."""
     if name is None:
         if tokenizer is not None and isinstance(getattr(tokenizer, "chat_template", None), str):
             logger.info("No `template` set: rendering with the tokenizer's own chat_template.")
-            template = TokenizerTemplate.from_tokenizer(tokenizer)
-            return template.with_overrides(
-                tool_format=tool_format,
-                default_system=default_system,
-                enable_thinking=enable_thinking,
-                preserve_thinking=preserve_thinking,
-            )
+            return TokenizerTemplate.from_tokenizer(tokenizer)
         logger.warning("No `template` set and the tokenizer has no chat_template: using the `empty` template.")
         name = "empty"
     if name not in TEMPLATES:
         raise UserError(
             f"Unknown template '{name}'.{did_you_mean(name, TEMPLATES)} Run `lmforge templates` to list them."
         )
-
-    template = TEMPLATES[name]
-    changes: dict = {"enable_thinking": enable_thinking, "preserve_thinking": preserve_thinking}
-    if tool_format is not None and tool_format != template.tool_format:
-        get_tool_format(tool_format)  # a UserError for an unknown name
-        changes["tool_format"] = tool_format
-        changes["format_function"] = Formatter(("{{content}}",) if template.efficient_eos else ("{{content}}", EOS))
-    if default_system is not None:
-        changes["default_system"] = default_system
-    return replace(template, **changes)
+    return TEMPLATES[name]

@@ -1,8 +1,7 @@
-"""`lmforge templates [NAME]`: list the templates, or show one's format and an example render."""
+"""How `lmforge templates NAME` shows a template: its settings and an example render."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 EXAMPLE_SYSTEM = "You are a helpful assistant."
@@ -14,7 +13,7 @@ EXAMPLE = [
 ]
 
 
-class _NamedSpecials:
+class NamedSpecials:
     """A stand-in tokenizer for renders without a model: BOS/EOS are shown as {bos_token}/{eos_token}."""
 
     bos_token, eos_token = "{bos_token}", "{eos_token}"
@@ -32,30 +31,3 @@ def describe(template, tokenizer) -> str:
     rendered = "".join(f"{source}[[{target}]]" for source, target in pairs)
     lines += ["", f"Example (system prompt {EXAMPLE_SYSTEM!r}; trained text inside [[ ]]):", rendered]
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    from lmforge.data.templates import get_template, list_templates
-
-    parser = argparse.ArgumentParser(prog="lmforge templates")
-    parser.add_argument("name", nargs="?")
-    parser.add_argument("--model", help="Render with this model's tokenizer (its real BOS/EOS tokens).")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    if args.name is None:
-        for name in list_templates():
-            print(name)
-        return 0
-    template = get_template(args.name)
-    if args.model:
-        from lmforge.config import ModelArguments
-        from lmforge.model.loader import load_tokenizer
-
-        tokenizer = load_tokenizer(ModelArguments(model_name_or_path=args.model))
-        template.fix_tokenizer(tokenizer)
-    else:
-        tokenizer = _NamedSpecials()
-    print(describe(template, tokenizer))
-    return 0

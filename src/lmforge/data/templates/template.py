@@ -13,76 +13,46 @@ import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lmforge.errors import UserError
 
 from . import reasoning
-from .slots import Chunk, Element, Formatter, Piece, control_tokens, encode_elements, literal, render_elements
-from .tools import FunctionCall, get_tool_format, load_tools, parse_function_message
+from .base import BaseTemplate, Message
+from .slots import EOS, Chunk, Element, Formatter, Piece, control_tokens, encode_elements, literal, render_elements
 
 logger = logging.getLogger(__name__)
 
-Message = dict[str, str]
 ROLES = ("user", "assistant", "system", "function", "observation")
 Pair = tuple[list[Element], list[Element]]
 
 
-class ToolsAndStops:
-    """Tool-call text and stop ids, shared by `Template` and `TokenizerTemplate`.
+@dataclass(frozen=True, kw_only=True)
+class Template(BaseTemplate):
+    """A registered slot template. Frozen: use `with_overrides` (or `dataclasses.replace`) to vary it.
 
-    Needs the attributes `tool_format`, `tools_date`, `thought_words`, `tool_call_words`, `stop_words`.
+    The shared settings (name, stop words, tool format, thinking, ...) are declared on `BaseTemplate`.
     """
 
-    def format_tools(self, tools: str | Sequence[dict]) -> str:
-        """The text that describes `tools` (a JSON list) in the system prompt; '' for no tools."""
-        tool_list = load_tools(tools)
-        if not tool_list:
-            return ""
-        return get_tool_format(self.tool_format).format_tools(tool_list, date=self.tools_date)
-
-    def format_function_calls(self, calls: str | Sequence[FunctionCall]) -> str:
-        """The assistant text for tool calls: a function message's JSON content, or FunctionCall objects."""
-        if isinstance(calls, str):
-            thought, parsed = parse_function_message(calls, self.thought_words, self.tool_call_words)
-            return thought + get_tool_format(self.tool_format).format_calls(parsed)
-        return get_tool_format(self.tool_format).format_calls(list(calls))
-
-    def extract_tool(self, text: str) -> str | list[FunctionCall]:
-        """Parse generated text into tool calls; the text itself when it holds no well-formed call."""
-        return get_tool_format(self.tool_format).extract(text)
-
-    def stop_token_ids(self, tokenizer) -> list[int]:
-        """{eos} plus the stop words' ids, sorted."""
-        ids = {tokenizer.eos_token_id}
-        ids.update(tokenizer.convert_tokens_to_ids(word) for word in self.stop_words)
-        ids.discard(None)
-        return sorted(ids)
-
-
-@dataclass(frozen=True)
-class Template(ToolsAndStops):
-    """A chat template. Frozen: use `dataclasses.replace` (or `get_template`'s overrides) to vary it."""
-
-    name: str
     format_user: Formatter
     format_assistant: Formatter
     format_system: Formatter
     format_function: Formatter
     format_observation: Formatter
     format_prefix: Formatter = Formatter()
-    tool_format: str = "default"
-    default_system: str = ""
-    stop_words: tuple[str, ...] = ()
-    thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
-    tool_call_words: tuple[str, str] = ("<tool_call>", "</tool_call>")
-    efficient_eos: bool = False
-    replace_eos: bool = False
-    replace_jinja_template: bool = False
     fuse_system: bool = False  # llama2-style: the system text opens the first user message
     reasoning: bool = False  # LLaMA-Factory's ReasoningTemplate behaviour
-    enable_thinking: bool | None = True
-    preserve_thinking: bool = False
-    tools_date: str | None = None  # the llama3 tool prompt's "Today Date"; None means today
+
+    @property
+    def recorded_name(self) -> str:
+        """The registered name: `get_template(recorded_name)` rebuilds this template."""
+        return self.name
+
+    def _tool_format_changes(self, tool_format: str) -> dict[str, Any]:
+        # As in LLaMA-Factory: the template's own function slots are written for its own tool format,
+        # so another format's calls get bare `{{content}}` + EOS (no EOS with efficient_eos).
+        slots = ("{{content}}",) if self.efficient_eos else ("{{content}}", EOS)
+        return {**super()._tool_format_changes(tool_format), "format_function": Formatter(slots)}
 
     # ---- encoding -------------------------------------------------------------------------------
 

@@ -13,32 +13,24 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from lmforge.errors import UserError
 
+from .base import BaseTemplate, Message
 from .slots import Chunk, Formatter, Piece, control_tokens, encode_elements
-from .template import Message, Template, ToolsAndStops, add_special_tokens, set_eos_token, split_system
-from .tools import get_tool_format, load_tools, parse_function_message
+from .template import Template, add_special_tokens, set_eos_token, split_system
+from .tools import load_tools, parse_function_message
 
 
-@dataclass(frozen=True)
-class TokenizerTemplate(ToolsAndStops):
-    """The tokenizer's own chat template, with the same encode/render API as `Template`."""
+@dataclass(frozen=True, kw_only=True)
+class TokenizerTemplate(BaseTemplate):
+    """The tokenizer's own chat template, behind the same `BaseTemplate` interface as `Template`."""
 
     chat_template: str
+    # The shared field, redeclared only to give it a default: a label, not a registered name
+    # (a run records `recorded_name`, None, instead).
     name: str = "tokenizer"
-    default_system: str = ""
-    stop_words: tuple[str, ...] = ()
-    tool_format: str = "default"
-    thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
-    tool_call_words: tuple[str, str] = ("<tool_call>", "</tool_call>")
-    efficient_eos: bool = False
-    replace_eos: bool = False
-    replace_jinja_template: bool = False
-    enable_thinking: bool | None = True
-    preserve_thinking: bool = False
-    tools_date: str | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> TokenizerTemplate:
@@ -49,22 +41,10 @@ class TokenizerTemplate(ToolsAndStops):
         tool_format = "qwen" if "<tool_call>" in chat_template else "default"
         return cls(chat_template=chat_template, stop_words=_stop_words(tokenizer), tool_format=tool_format)
 
-    def with_overrides(
-        self,
-        *,
-        tool_format: str | None = None,
-        default_system: str | None = None,
-        enable_thinking: bool | None = True,
-        preserve_thinking: bool = False,
-    ) -> TokenizerTemplate:
-        """A copy with `get_template`'s overrides applied."""
-        changes: dict = {"enable_thinking": enable_thinking, "preserve_thinking": preserve_thinking}
-        if tool_format is not None:
-            get_tool_format(tool_format)  # a UserError for an unknown name
-            changes["tool_format"] = tool_format
-        if default_system is not None:
-            changes["default_system"] = default_system
-        return replace(self, **changes)
+    @property
+    def recorded_name(self) -> None:
+        """None: the chat template is saved with the tokenizer, so a run needs no `template:` to rebuild it."""
+        return None
 
     # ---- encoding -------------------------------------------------------------------------------
 
@@ -139,7 +119,7 @@ class TokenizerTemplate(ToolsAndStops):
         return added > 0
 
     def to_jinja(self, tokenizer=None) -> str:
-        """The tokenizer's own chat_template."""
+        """The tokenizer's own chat_template, unchanged (`fix_tokenizer` never replaces it)."""
         return self.chat_template
 
     def to_ollama_modelfile(self, tokenizer, model_path: str = ".", num_ctx: int = 4096, *, tools: bool = False) -> str:

@@ -1,4 +1,4 @@
-"""`lmforge tiny-model`: build a tiny random-weight model folder offline."""
+"""`lmforge tiny-model DIR`: build a tiny random-weight model folder offline (see `lmforge.testing.tiny`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`lmforge chat CONFIG`: talk to a model in the terminal.
+"""The terminal chat of `lmforge chat CONFIG`.
 
 Interactive on a terminal: the answer streams as it is generated, the history is kept, `clear`
 starts over and `exit` quits. With stdin not a terminal it reads one message per line and prints
@@ -8,15 +8,14 @@ one answer per line, so it can be scripted (`echo "Who are you?" | lmforge chat 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lmforge.chat.base import ChatEngine
 
 
-def main(argv: list[str]) -> int:
-    from lmforge.config import parse_config
-
-    cfg = parse_config("chat", argv)
-    from lmforge.chat.engine import create_engine
-
-    engine = create_engine(cfg)
+def chat_loop(engine: ChatEngine) -> None:
+    """Read messages from stdin and answer each with `engine`, keeping the conversation."""
     interactive = sys.stdin.isatty()
     if interactive:
         print("Type a message; `clear` resets the history, `exit` quits.", flush=True)
@@ -48,4 +47,3 @@ def main(argv: list[str]) -> int:
             answer = engine.chat(history).text
             print(answer.replace("\n", "\\n"), flush=True)
         history.append({"role": "assistant", "content": answer})
-    return 0

@@ -1,0 +1,89 @@
+"""What every inference engine shares: the loading of tokenizer and template, and prompt rendering.
+
+A backend (transformers in `hf_engine`, vLLM in `vllm_engine`, llama.cpp in `llamacpp_engine`)
+says where its model is (`_resolve`), loads it (`_load_model`) and generates (`generate_batch`,
+`stream_chat`); `factory.create_engine` picks the backend from `infer_backend`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from lmforge.config import RunConfig
+    from lmforge.data.templates import BaseTemplate
+    from lmforge.model.resolve import ResolvedModel
+
+
+@dataclass
+class Response:
+    """One generated answer."""
+
+    text: str
+    response_length: int  # generated tokens, stop tokens excluded
+    prompt_length: int
+    finish_reason: str  # "stop" or "length"
+
+
+class ChatEngine(ABC):
+    """Conversations rendered to prompt ids by the run's template, answered by a backend.
+
+    The constructor resolves the model, loads the tokenizer and template together (exactly as
+    training does, so served prompts match trained ones), then lets the backend load its model.
+    """
+
+    template: BaseTemplate
+
+    def __init__(self, cfg: RunConfig):
+        from lmforge.model.tokenizer import load_tokenizer_and_template
+
+        self.cfg = cfg
+        self.generating = cfg.generate
+        self.resolved = self._resolve(cfg)
+        self.tokenizer, self.template = load_tokenizer_and_template(cfg.model, cfg.data, self.resolved,
+                                                                    padding_side="left")
+        self.stop_ids = self.template.stop_token_ids(self.tokenizer)
+        self._load_model()
+
+    def _resolve(self, cfg: RunConfig) -> ResolvedModel:
+        """Where the model, its adapters, tokenizer and template are; backends check their needs here first."""
+        from lmforge.model.resolve import resolve_model
+
+        return resolve_model(cfg)
+
+    @abstractmethod
+    def _load_model(self) -> None:
+        """Load the backend's model for `self.resolved` (the tokenizer and template are ready)."""
+
+    def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
+        """Token ids of the generation prompt for a conversation ending with a user/observation turn."""
+        if not messages or messages[-1]["role"] not in ("user", "observation"):
+            raise UserError("The conversation must end with a user (or tool result) message.")
+        if system is None:
+            system = self.generating.system
+        return self.template.encode_prompt(self.tokenizer, list(messages), system, tools)
+
+    def chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
+             **overrides) -> Response:
+        """Generate one complete answer."""
+        return self.generate_batch([self.prompt_ids(messages, system, tools)], **overrides)[0]
+
+    @abstractmethod
+    def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Response]:
+        """Answers for several prompts (token ids), generated together where the backend can."""
+
+    @abstractmethod
+    def stream_chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
+                    **overrides) -> Iterator[str]:
+        """Yield the answer piece by piece (stop strings are never yielded)."""
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Where the first stop string starts in `text`, or None."""
+    positions = [text.find(s) for s in stop if s and s in text]
+    return min(positions) if positions else None
