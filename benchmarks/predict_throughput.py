@@ -41,14 +41,14 @@ def main() -> int:
 
     from lmforge.config import parse_config
     from lmforge.testing.tiny import build_tiny_model
-    from lmforge.train.run import run
+    from lmforge.eval.predict import run_predict
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(Path(tmp) / "model", arch="llama", size=args.size)
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             out = Path(tmp) / f"predict-{batch_size}"
-            metrics = run(parse_config("train", [
+            metrics = run_predict(parse_config("train", [
                 f"model_name_or_path={model}", "stage=sft", "do_predict=true", "predict_with_generate=true",
                 "eval_dataset=alpaca_en_demo", f"dataset_dir={REPO / 'data'}", "template=llama3",
                 f"max_samples={args.samples}", f"per_device_eval_batch_size={batch_size}", "do_sample=false",

@@ -10,11 +10,11 @@ EXAMPLES = REPO_ROOT / "examples"
 
 
 def train(*args: str) -> dict:
-    """Parse and run a training config (file and/or key=value strings); return its metrics."""
-    from lmforge.config import parse_config
-    from lmforge.train.run import run
+    """Parse and run a training config (file and/or key=value strings) as `lmforge train` does; return its metrics."""
+    from lmforge.commands.common import load_config
+    from lmforge.commands.train import run
 
-    return run(parse_config("train", list(args)))
+    return run(load_config("train", list(args)))
 
 
 def tiny_args(model_dir: Path, output_dir: Path, **overrides) -> list[str]:
