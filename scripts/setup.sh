@@ -14,9 +14,10 @@ $PIP install -q --upgrade pip
 # Install torch before anything else and pin it for every later install: left to choose freely,
 # pip takes the newest CUDA build (several GB) even on a machine without a GPU.
 if command -v nvidia-smi >/dev/null 2>&1; then
-  $PIP install -q "torch>=2.4"
+  $PIP install -q "torch>=2.4" numpy
 else
-  $PIP install -q "torch==2.13.0" || $PIP install -q torch --index-url https://download.pytorch.org/whl/cpu
+  # numpy with it, so torch's first import (just below) finds it and prints no warning.
+  $PIP install -q "torch==2.13.0" numpy || $PIP install -q torch numpy --index-url https://download.pytorch.org/whl/cpu
 fi
 TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
 echo "torch==${TORCH_VERSION}" > .venv/constraints.txt

@@ -31,7 +31,7 @@ COMMANDS = [
             "lmforge chat CONFIG.yaml [key=value ...]"),
     Command("webchat", "Chat with a model in the browser (Gradio).", "lmforge.commands.webchat:main",
             "lmforge webchat CONFIG.yaml [key=value ...]"),
-    Command("webui", "Open LLaMA Board: train, evaluate, chat and export from one page.", "lmforge.commands.webui:main",
+    Command("webui", "LLaMA Board (train, evaluate, chat and export from one page): not available yet.", "lmforge.commands.webui:main",
             "lmforge webui", config=False),
     Command("api", "Serve a model with an OpenAI-compatible API.", "lmforge.commands.api:main",
             "lmforge api CONFIG.yaml [key=value ...]"),

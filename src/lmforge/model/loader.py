@@ -30,6 +30,14 @@ def check_model_path(path: str) -> None:
     local = Path(path).expanduser()
     if local.exists():
         if local.is_dir() and not (local / "config.json").exists() and not (local / "tokenizer_config.json").exists():
+            ggufs = sorted(p.name for p in local.glob("*.gguf"))
+            if ggufs:
+                # A GGUF-only export folder: llama.cpp serves it, transformers cannot.
+                raise UserError(
+                    f"'{path}' holds a GGUF file ({', '.join(ggufs)}) but no transformers model; serve it with "
+                    f"infer_backend: llamacpp (e.g. lmforge chat model_name_or_path={path} infer_backend=llamacpp), "
+                    "or export with export_format: safetensors,gguf."
+                )
             raise UserError(
                 f"'{path}' is a folder but holds no model (no config.json or tokenizer_config.json). "
                 "Point model_name_or_path at a model folder or a hub id."
