@@ -13,7 +13,8 @@ import pytest
 
 from lmforge.cli import main
 from lmforge.errors import UserError
-from lmforge.eval.tasks import load_task, parse_task
+from lmforge.eval import tasks
+from lmforge.eval.tasks import CATEGORIES, bundled_mapping, load_task, parse_task
 
 
 def test_parse_task():
@@ -96,8 +97,8 @@ def test_malformed_rows_name_file_and_line(tmp_path, rows, message):
 
 
 def test_missing_pieces(tmp_path):
-    with pytest.raises(UserError, match=r"nowhere/mmlu/mapping.json not found \(task_dir is '.*nowhere'\)"):
-        load_task(str(tmp_path / "nowhere"), "mmlu_test", need_dev=False)
+    with pytest.raises(UserError, match=r"nowhere/bench/mapping.json not found \(task_dir is '.*nowhere'\)"):
+        load_task(str(tmp_path / "nowhere"), "bench_test", need_dev=False)
     root = _bench(tmp_path, "Q?,a,b,c,d,A\n")
     with pytest.raises(UserError, match=r"No dev data for subject 'logic' in .*bench \(looked for data/dev/logic_dev.csv"):
         load_task(str(root), "bench_test", need_dev=True)
@@ -126,3 +127,74 @@ def test_eval_cli_errors_before_loading_a_model(tmp_path, capsys):
     assert "'lang' is 'fr', which is not one of: en, zh" in err and "'n_shot' must be >= 0, got -1." in err
     assert main(["eval", "task=mmlu_test", "batch_size=0", "model_name_or_path=unused"]) == 1
     assert "'batch_size' must be positive, got 0." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "count"), [("mmlu", 57), ("cmmlu", 67), ("ceval", 52)])
+def test_bundled_mappings_list_every_subject_of_the_release(name, count):
+    mapping = json.loads(bundled_mapping(name).read_text(encoding="utf-8"))
+    assert len(mapping) == count
+    assert {info["category"] for info in mapping.values()} == set(CATEGORIES)  # each one used, nothing else
+    assert all(set(info) == {"name", "category"} and info["name"] for info in mapping.values())
+    chinese = [any("\u4e00" <= ch <= "\u9fff" for ch in info["name"]) for info in mapping.values()]
+    assert all(chinese) if name in ("cmmlu", "ceval") else not any(chinese)
+    assert bundled_mapping("tiny_mmlu") is None and bundled_mapping("bench") is None
+
+
+def _csv_only_mmlu(tmp_path):
+    """An mmlu folder holding the release's CSVs for its first two subjects and no mapping.json."""
+    root = tmp_path / "mmlu"
+    for split in ("dev", "test"):
+        (root / "data" / split).mkdir(parents=True)
+        for subject in ("abstract_algebra", "anatomy"):
+            (root / "data" / split / f"{subject}_{split}.csv").write_text(f"{subject} {split}?,a,b,c,d,C\n")
+    return root
+
+
+def test_public_benchmark_without_mapping_uses_the_bundled_one(tmp_path, monkeypatch, capsys):
+    root = _csv_only_mmlu(tmp_path)
+    asked = []
+
+    def hub(name, subject, split, options):  # stands in for the hub: records the subjects it is asked for
+        asked.append((name, subject, split))
+        return []
+
+    monkeypatch.setattr(tasks, "_hub_rows", hub)
+    subjects = load_task(str(tmp_path), "mmlu_test", need_dev=True)
+    assert len(subjects) == 57
+    assert [(s.key, s.name, s.category) for s in subjects[:3]] == [
+        ("abstract_algebra", "abstract algebra", "STEM"), ("anatomy", "anatomy", "Other"),
+        ("astronomy", "astronomy", "STEM")]
+    assert [(q.question, q.answer) for q in subjects[1].target + subjects[1].dev] == \
+           [("anatomy test?", "C"), ("anatomy dev?", "C")]
+    assert subjects[1].target[0].where.endswith("mmlu/data/test/anatomy_test.csv line 1")
+    assert asked[:2] == [("mmlu", "astronomy", "test"), ("mmlu", "astronomy", "dev")]  # local ones never asked
+    assert len(asked) == 2 * 55
+    assert f"No mapping.json in {root}: using lmforge's bundled mmlu subjects and categories" in capsys.readouterr().err
+
+    # A mapping.json in the folder wins: only its subjects, with its names and categories, and no hub.
+    asked.clear()
+    (root / "mapping.json").write_text(json.dumps({"anatomy": {"name": "Anatomie", "category": "STEM"}}))
+    subjects = load_task(str(tmp_path), "mmlu_test", need_dev=True)
+    assert [(s.key, s.name, s.category, len(s.target)) for s in subjects] == [("anatomy", "Anatomie", "STEM", 1)]
+    assert asked == [] and "bundled" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("task", "first", "repo"), [("mmlu_test", "astronomy", "cais/mmlu"),
+                                                     ("ceval_validation", "accountant", "ceval/ceval-exam"),
+                                                     ("cmmlu_test", "agronomy", "haonan-li/cmmlu")])
+def test_bundled_mapping_reaches_the_hub_and_fails_clearly_offline(tmp_path, task, first, repo):
+    # mmlu: local CSVs for two subjects, the third goes to the hub; ceval, cmmlu: no task folder at all.
+    if task == "mmlu_test":
+        _csv_only_mmlu(tmp_path)
+    code = (f"import sys; from lmforge.cli import main; "
+            f"sys.exit(main(['eval', 'task={task}', 'task_dir={tmp_path}', 'model_name_or_path=unused']))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    for variable in ("HF_DATASETS_CACHE", "HF_HUB_CACHE"):  # no cached copy of the benchmarks
+        env.pop(variable, None)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1
+    name = task.rpartition("_")[0]
+    assert f"using lmforge's bundled {name} subjects and categories" in result.stderr
+    assert f"Subject '{first}' of {name} has no local CSV and could not be loaded from the hub dataset {repo}" \
+        in result.stderr
+    assert "Traceback" not in result.stderr

@@ -10,6 +10,10 @@ per-subject CSV files, found in any of the three public layouts:
 The files may also sit inside `<name>.zip` in that folder, as the releases ship them. When a
 subject has no local file and the task is one of the three public benchmarks, its rows are
 downloaded from the Hugging Face hub with `datasets`.
+
+For `mmlu`, `cmmlu` and `ceval` a folder without `mapping.json` (or no folder at all) uses the
+mapping bundled in `lmforge/eval/mappings/<name>.json`: every subject of the public release, its
+display name, and its category mapped onto CATEGORIES. A `mapping.json` in the folder wins.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import UserError
+from lmforge.utils.logging import get_logger
+
+logger = get_logger(__name__)
 
 CHOICES = ("A", "B", "C", "D")
 CATEGORIES = ("STEM", "Social Sciences", "Humanities", "Other")
@@ -29,6 +36,8 @@ CATEGORIES = ("STEM", "Social Sciences", "Humanities", "Other")
 SPLIT_FOLDERS = {"test": ("test",), "validation": ("val", "validation"), "val": ("val", "validation"),
                  "dev": ("dev",), "train": ("dev",)}
 HUB_DATASETS = {"mmlu": "cais/mmlu", "ceval": "ceval/ceval-exam", "cmmlu": "haonan-li/cmmlu"}
+# subject -> {"name", "category"} for each public benchmark, used when its task folder has no mapping.json
+BUNDLED_MAPPINGS = Path(__file__).parent / "mappings"
 
 
 @dataclass(frozen=True)
@@ -70,11 +79,15 @@ def load_task(task_dir: str, task: str, need_dev: bool, hub_options: dict | None
     root = Path(task_dir) / name
     mapping_file = root / "mapping.json"
     if not mapping_file.is_file():
-        hint = f" (task_dir is '{task_dir}')" if not root.is_dir() else ""
-        raise UserError(
-            f"{mapping_file} not found{hint}: a task folder needs mapping.json listing its subjects as "
-            '{"subject": {"name": ..., "category": ...}}, next to the CSV files.'
-        )
+        bundled = bundled_mapping(name)
+        if bundled is None:
+            hint = f" (task_dir is '{task_dir}')" if not root.is_dir() else ""
+            raise UserError(
+                f"{mapping_file} not found{hint}: a task folder needs mapping.json listing its subjects as "
+                '{"subject": {"name": ..., "category": ...}}, next to the CSV files.'
+            )
+        logger.info(f"No mapping.json in {root}: using lmforge's bundled {name} subjects and categories ({bundled}).")
+        mapping_file = bundled
     mapping = _read_mapping(mapping_file)
     files = _TaskFiles(root, name, hub_options or {})
     subjects = []
@@ -85,6 +98,12 @@ def load_task(task_dir: str, task: str, need_dev: bool, hub_options: dict | None
             subject.dev = files.rows(key, "dev")
         subjects.append(subject)
     return subjects
+
+
+def bundled_mapping(name: str) -> Path | None:
+    """The mapping.json lmforge ships for a public benchmark (mmlu, cmmlu, ceval), or None."""
+    path = BUNDLED_MAPPINGS / f"{name}.json"
+    return path if name in HUB_DATASETS and path.is_file() else None
 
 
 def _read_mapping(path: Path) -> dict[str, dict]:

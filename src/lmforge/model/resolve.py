@@ -55,6 +55,36 @@ def _read_description(file: Path, kind: str) -> dict | None:
         raise UserError(f"{file} is not valid JSON; the {kind} folder is damaged.") from None
 
 
+def absolute_if_local(path: str) -> str:
+    """`path` made absolute when it names something on disk (a hub id stays as given)."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
+
+
+def _recorded_path(path: str, key: str, run_folder: Path) -> str:
+    """A path recorded in a run file, usable from the current directory.
+
+    Runs record local paths absolute. Older runs recorded them as given, relative to where training
+    was started: usually an ancestor of the run folder (`saves/...` under the project), so the
+    ancestors are tried. A path that is still missing is reported with the run file it came from.
+    """
+    local = Path(path).expanduser()
+    if local.exists():
+        return path
+    if not local.is_absolute():
+        for folder in run_folder.resolve().parents:
+            if (folder / local).exists():
+                return str(folder / local)
+    looks_local = local.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1
+    if looks_local:
+        raise UserError(
+            f"{run_folder / RUN_FILE} records {key} '{path}', which does not exist (looked from {Path.cwd()} and "
+            f"the folders above {run_folder}). Set model_name_or_path to the base model and adapter_name_or_path "
+            f"to {run_folder} instead."
+        )
+    return path  # a hub id
+
+
 def resolve_model(cfg: RunConfig) -> ResolvedModel:
     """Turn model_name_or_path / adapter_name_or_path / template into concrete paths."""
     path = cfg.model.model_name_or_path
@@ -74,10 +104,12 @@ def resolve_model(cfg: RunConfig) -> ResolvedModel:
         return ResolvedModel(path, adapters, path, template)
     # The run's adapter was trained on top of its own adapters: all but the last of them were
     # merged, and the last continued training (unless a new adapter was created).
-    previous = list(run.get("adapter_name_or_path") or [])
+    folder = Path(path)
+    previous = [_recorded_path(p, "adapter_name_or_path", folder) for p in run.get("adapter_name_or_path") or []]
     if previous and not run.get("config", {}).get("create_new_adapter", False):
         previous = previous[:-1]
-    return ResolvedModel(run["model_name_or_path"], (*previous, path, *adapters), path, template)
+    base = _recorded_path(run["model_name_or_path"], "model_name_or_path", folder)
+    return ResolvedModel(base, (*previous, path, *adapters), path, template)
 
 
 def find_gguf(path: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
-from lmforge.model.resolve import RUN_FILE
+from lmforge.model.resolve import RUN_FILE, absolute_if_local
 from lmforge.utils.atomic import remove_staging, write_json_atomic
 from lmforge.utils.logging import get_logger
 
@@ -80,8 +80,9 @@ def write_run_file(cfg: RunConfig, output_dir: Path, template_name: str | None, 
         "lmforge_version": __version__,
         "stage": cfg.finetune.stage,
         "finetuning_type": cfg.finetune.finetuning_type,
-        "model_name_or_path": cfg.model.model_name_or_path,
-        "adapter_name_or_path": cfg.model.adapter_name_or_path,
+        # Local paths are recorded absolute, so the run folder works from any directory; hub ids as given.
+        "model_name_or_path": absolute_if_local(cfg.model.model_name_or_path),
+        "adapter_name_or_path": [absolute_if_local(p) for p in cfg.model.adapter_name_or_path or []] or None,
         "template": template_name,
         "config": cfg.to_flat_dict(),
     }
