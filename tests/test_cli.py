@@ -92,4 +92,7 @@ def test_tiny_model_command(tmp_path):
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert (tmp_path / "m" / "tokenizer.json").is_file()
     bad = run_cli("tiny-model", str(tmp_path / "n"), "--arch", "gpt9")
-    assert bad.returncode == 2 and "invalid choice: 'gpt9'" in bad.stderr
+    assert bad.returncode == 1
+    assert bad.stderr == ("lmforge tiny-model: error: argument --arch: invalid choice: 'gpt9' (choose from 'llama', "
+                          "'qwen2', 'qwen3'). Usage: lmforge tiny-model [-h] [--arch {llama,qwen2,qwen3}] "
+                          "[--size {tiny,0.5b}] [--seed SEED] output_dir\n")

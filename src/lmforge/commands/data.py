@@ -13,7 +13,7 @@ OPTIONS = {"num": True, "split": True, "json": False}  # the command's own optio
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises a UserError (one line, exit 1) instead of printing usage and exiting 2."""
+    """argparse whose errors are one line with the command's own usage (exit 1)."""
 
     def error(self, message: str):
         raise UserError(f"{message}. {USAGE}")
@@ -24,8 +24,10 @@ def parse_options(argv: list[str]):
     from lmforge.config.parser import split_options
     from lmforge.data.inspect import InspectOptions
 
-    if not argv or argv[0] not in ("preview", "check"):
+    if not argv:
         raise UserError(USAGE)
+    if argv[0] not in ("preview", "check"):
+        raise UserError(f"'{argv[0]}' is not a data action; use preview or check. {USAGE}")
     own, rest = split_options(argv[1:], OPTIONS)
     parser = _Parser(prog="lmforge data", add_help=False)
     parser.add_argument("--num", type=int, default=3)

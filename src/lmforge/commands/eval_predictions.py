@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from lmforge.commands.common import ArgumentParser
 
 
 def main(argv: list[str]) -> int:
     from lmforge.eval.score import SCORE_FILE, score_file
     from lmforge.utils.atomic import write_json_atomic
 
-    parser = argparse.ArgumentParser(prog="lmforge eval-predictions",
+    parser = ArgumentParser(prog="lmforge eval-predictions",
                                      description="Score a generated_predictions.jsonl with BLEU-4 and ROUGE.")
     parser.add_argument("file", help="a JSON-lines file with 'predict' and 'label' on every line")
     parser.add_argument("--output", help=f"where the scores are written (default: {SCORE_FILE} next to FILE)")

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-
+from lmforge.commands.common import ArgumentParser
 from lmforge.data.templates.show import NamedSpecials, describe
 
 
 def main(argv: list[str]) -> int:
     from lmforge.data.templates import get_template, list_templates
 
-    parser = argparse.ArgumentParser(prog="lmforge templates")
+    parser = ArgumentParser(prog="lmforge templates")
     parser.add_argument("name", nargs="?")
     parser.add_argument("--model", help="Render with this model's tokenizer (its real BOS/EOS tokens).")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
+    args = parser.parse_args(argv)
     if args.name is None:
         for name in list_templates():
             print(name)

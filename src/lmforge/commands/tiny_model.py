@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
+from lmforge.commands.common import ArgumentParser
 
 
 def main(argv: list[str]) -> int:
     from lmforge.testing.tiny import ARCHITECTURES, SIZES
 
-    parser = argparse.ArgumentParser(prog="lmforge tiny-model", description="Build a tiny random-weight model.")
+    parser = ArgumentParser(prog="lmforge tiny-model", description="Build a tiny random-weight model.")
     parser.add_argument("output_dir", help="Folder to write the model and tokenizer to.")
     parser.add_argument("--arch", default="llama", choices=ARCHITECTURES)
     parser.add_argument("--size", default="tiny", choices=list(SIZES))
     parser.add_argument("--seed", type=int, default=0)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse already printed the problem
-        return int(exit_.code or 0)
+    args = parser.parse_args(argv)
 
     from lmforge.testing.tiny import build_tiny_model
 

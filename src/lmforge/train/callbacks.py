@@ -1,4 +1,10 @@
-"""Training callbacks: `trainer_log.jsonl` (LLaMA-Factory's fields) and the console progress bar."""
+"""Training callbacks: `trainer_log.jsonl` (LLaMA-Factory's fields) and the console progress.
+
+On a terminal the progress is a bar. When stderr is not a terminal (a log file, CI, a job
+scheduler) it is a line every 5% of the steps and at least once a minute, so a redirected log never
+goes silent between loading and the final metrics. LMFORGE_PROGRESS chooses: `bar`, `lines` or
+`off` (`1` is `bar`, as before).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from lmforge.train.outputs import LOG_FILE
+
+PROGRESS_MODES = ("bar", "lines", "off")
+LINE_EVERY_FRACTION = 0.05  # of the steps
+LINE_EVERY_SECONDS = 60.0
 
 _FROM_LOG = {"loss": "loss", "eval_loss": "eval_loss", "predict_loss": "predict_loss",
              "reward": "rewards/chosen", "accuracy": "rewards/accuracies", "lr": "learning_rate", "epoch": "epoch"}
@@ -27,8 +37,10 @@ class LogCallback(TrainerCallback):
     def __init__(self, output_dir: str, resuming: bool, show_progress: bool = True):
         self.path = Path(output_dir) / LOG_FILE
         self.resuming = resuming
-        self.show_progress = show_progress and sys.stderr.isatty() or os.environ.get("LMFORGE_PROGRESS") == "1"
+        self.mode = progress_mode() if show_progress else "off"
+        self.show_progress = self.mode == "bar"
         self.start_time = 0.0
+        self.last_line = (0, 0.0)  # (step, time) of the last progress line
         self.start_step = 0
         self.bar = None
         self.last_logs: dict = {}
@@ -51,6 +63,31 @@ class LogCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
+        elif self.mode == "lines" and state.is_world_process_zero:
+            step, now = state.global_step, time.time()
+            logging_steps = args.logging_steps if str(args.logging_strategy).endswith(("steps", "STEPS")) else 0
+            if logging_steps >= 1 and step % int(logging_steps) == 0:
+                return  # the log line of this step (printed by on_log) has the fresh loss
+            every = max(1, round(state.max_steps * LINE_EVERY_FRACTION))
+            last_step, last_time = self.last_line
+            if step - last_step >= every or now - max(last_time, self.start_time) >= LINE_EVERY_SECONDS \
+                    or step == state.max_steps:
+                self.last_line = (step, now)
+                self._print_line(state)
+
+    def _print_line(self, state, record: dict | None = None) -> None:
+        elapsed, remaining = self.timing(state)
+        percent = state.global_step / state.max_steps * 100 if state.max_steps else 100.0
+        parts = [f"step {state.global_step}/{state.max_steps} ({percent:.0f}%)"]
+        record = record if record is not None else self.last_logs
+        if "loss" in record:
+            parts.append(f"loss {record['loss']:.4f}")
+        if "eval_loss" in record:
+            parts.append(f"eval_loss {record['eval_loss']:.4f}")
+        if "lr" in record:
+            parts.append(f"lr {record['lr']:.2e}")
+        parts.append(f"{_hms(elapsed)} < {_hms(remaining)}")
+        print("  ".join(parts), file=sys.stderr, flush=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -87,13 +124,20 @@ class LogCallback(TrainerCallback):
             if "lr" in postfix:
                 postfix["lr"] = f"{postfix['lr']:.2e}"
             self.bar.set_postfix(postfix, refresh=True)
-        elif "loss" in record or "eval_loss" in record:
-            parts = [f"step {record['current_steps']}/{record['total_steps']}"]
-            if "loss" in record:
-                parts.append(f"loss {record['loss']:.4f}")
-            if "eval_loss" in record:
-                parts.append(f"eval_loss {record['eval_loss']:.4f}")
-            if "lr" in record:
-                parts.append(f"lr {record['lr']:.2e}")
-            parts.append(f"{record['elapsed_time']} < {record['remaining_time']}")
-            print("  ".join(parts), file=sys.stderr, flush=True)
+        elif self.mode == "lines" and ("loss" in record or "eval_loss" in record):
+            self.last_line = (state.global_step, time.time())
+            self._print_line(state, record)
+
+
+def progress_mode() -> str:
+    """`bar` on a terminal, `lines` otherwise; LMFORGE_PROGRESS (bar, lines, off; 1 = bar) overrides."""
+    from lmforge.errors import UserError
+
+    chosen = os.environ.get("LMFORGE_PROGRESS", "").strip().lower()
+    if chosen == "1":
+        return "bar"
+    if chosen:
+        if chosen not in PROGRESS_MODES:
+            raise UserError(f"LMFORGE_PROGRESS='{chosen}' is not one of: {', '.join(PROGRESS_MODES)}.")
+        return chosen
+    return "bar" if sys.stderr.isatty() else "lines"
