@@ -127,6 +127,21 @@ def test_alpaca_unsupervised_and_pretraining_text():
         [user("Once upon a time.")], []
     )
     assert convert({"instruction": "hi", "input": None, "output": None}) == aligned([user("hi")], [])
+    assert convert({"instruction": "hi", "input": "", "output": float("nan")}) == aligned([user("hi")], [])  # csv
+
+
+@pytest.mark.parametrize("answer", [["a", "b"], {"text": "a"}, True])
+def test_alpaca_answer_that_is_not_text_is_invalid_response(answer):
+    assert convert({"instruction": "hi", "output": answer}, row=3) == dropped("invalid_response", row=3)
+    kto = {"columns": {"prompt": "instruction", "response": "output", "kto_tag": "label"}}
+    assert convert({"instruction": "hi", "output": answer, "label": True}, **kto) == dropped("invalid_response")
+
+
+def test_alpaca_falsy_prompt_values_are_text_or_errors_not_skipped():
+    # 0 is an instruction like any number; a list is an error, not a missing instruction.
+    assert convert({"instruction": 0, "input": "", "output": "zero"}) == aligned([user("0")], [assistant("zero")])
+    assert convert({"instruction": [], "output": "x"}) == dropped("invalid_content")
+    assert convert({"instruction": "", "input": "", "output": "x"}) == aligned([user("")], [assistant("x")])
 
 
 @pytest.mark.parametrize(
@@ -467,6 +482,8 @@ def test_drop_report_counts_rows_merges_and_serializes():
             {"dataset": "b", "stage": "tokenize", "reason": "too_long", "count": 2, "rows": [1, 2]},
         ],
         "seen": [{"dataset": "a", "stage": "convert", "count": 20}],
+        "warnings": [],
+        "unread_columns": [],
     }
     assert json.loads(json.dumps(report.to_dict())) == report.to_dict()
     assert not DropReport()
@@ -507,3 +524,63 @@ def test_collect_drops_on_a_stream_counts_each_row_once():
     assert [r["_row"] for r in kept] == [0, 2]
     assert [r["_row"] for r in kept] == [0, 2]  # a second epoch
     assert report.count("d", "bad") == 2 and report.rows("d", "bad") == [1, 3]
+
+
+def _flags(dataset, row, *reasons):
+    return [{"dataset": dataset, "row": row, "reason": reason} for reason in reasons]
+
+
+def test_warnings_of_kept_rows_are_counted_and_those_of_dropped_rows_are_not():
+    from datasets import Dataset
+
+    from lmforge.data.report import collect_drops
+
+    rows = {
+        "_dataset": ["d", "d", "d", ""],
+        "_row": [0, 1, 2, -1],
+        "_drop": ["", "too_long", "", ""],
+        # a dropped row's flags do not count; a packed block (row -1) carries the flags of its samples
+        "_warn": [_flags("d", 0, "empty_prompt"), _flags("d", 1, "empty_response"), [],
+                  _flags("d", 7, "empty_response") + _flags("e", 2, "empty_response")],
+    }
+    report = DropReport()
+    kept = collect_drops(Dataset.from_dict(rows), report, stage="tokenize")
+    assert kept["_row"] == [0, 2, -1]
+    assert report.to_dict()["warnings"] == [
+        {"dataset": "d", "stage": "tokenize", "reason": "empty_prompt", "count": 1, "rows": [0]},
+        {"dataset": "d", "stage": "tokenize", "reason": "empty_response", "count": 1, "rows": [7]},
+        {"dataset": "e", "stage": "tokenize", "reason": "empty_response", "count": 1, "rows": [2]},
+    ]
+    assert report.warned() == 3 and report.warned("d") == 2 and report.count() == 1
+    assert report.warning_lines() == [
+        "d [tokenize]: kept rows with warnings: empty_prompt: 1 row (row 0); empty_response: 1 row (row 7)",
+        "e [tokenize]: kept rows with warnings: empty_response: 1 row (row 2)",
+    ]
+
+    streamed = DropReport()
+    kept = collect_drops(Dataset.from_dict(rows).to_iterable_dataset(), streamed, stage="tokenize")
+    assert [r["_row"] for r in kept] == [0, 2, -1]
+    assert [r["_row"] for r in kept] == [0, 2, -1]  # a second epoch counts nothing twice
+    assert streamed.to_dict()["warnings"] == report.to_dict()["warnings"]
+
+
+def test_report_merges_warnings_and_unread_columns_once():
+    from lmforge.data.report import UnreadColumn
+
+    unread = UnreadColumn("d", "input", "/data/d.json", 'its `columns` mapping names prompt; add "query": "input"')
+    first, second = DropReport(), DropReport()
+    first.warn("d", "empty_prompt", 3)
+    first.add_unread(unread)
+    second.warn("d", "empty_prompt", [5, 6])
+    second.add_unread(unread)  # the same dataset loaded again (train and eval)
+    first.merge(second)
+    assert first.to_dict()["warnings"] == [
+        {"dataset": "d", "stage": "tokenize", "reason": "empty_prompt", "count": 3, "rows": [3, 5, 6]}
+    ]
+    assert first.to_dict()["unread_columns"] == [{
+        "dataset": "d", "column": "input", "source": "/data/d.json",
+        "message": "d: column 'input' of /data/d.json is not read (its `columns` mapping names prompt; add "
+                   '"query": "input")',
+    }]
+    assert first.reasons() == ["empty_prompt", "unread_column"]
+    assert not first  # warnings are not drops

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import main
+from lmforge.data.reasons import explain
 from lmforge.utils.logging import get_logger
 from tests.conftest import DATA_DIR, REPO_ROOT, SHARED_DATA_DIR
 
@@ -93,6 +94,10 @@ hi<|eot_id|><|start_header_id|>assistant<|end_header_id|>
 你好<|eot_id|><|start_header_id|>assistant<|end_header_id|>
 
 [[你好！我是{{name}}，由{{author}}开发的人工智能助手。请问有什么可以帮你？<|eot_id|>]]
+
+Summary: 2 samples shown: 2 kept (0 with warnings), 0 dropped.
+No row before them was skipped.
+`lmforge data check` checks every row and explains each reason.
 """
 
 
@@ -108,15 +113,17 @@ def test_preview_json_has_one_entry_per_sample(capsys, base, llama_tokenizer):
                        'placeholders={"name":"ForgeBot","author":"Team"}', "--json", "--num=2")
     assert code == 0
     result = json.loads(out)
-    assert list(result) == ["template", "samples"]
+    assert list(result) == ["template", "samples", "skipped", "unread_columns"]
     assert result["template"] == "llama3"
+    assert (result["skipped"], result["unread_columns"]) == ([], [])
     assert [sorted(sample) for sample in result["samples"]] == [
-        ["dataset", "dropped", "row", "text", "tokens", "trained_tokens"]
+        ["dataset", "dropped", "row", "text", "tokens", "trained_tokens", "warnings"]
     ] * 2
     assert result["samples"][0] == {
         "dataset": "identity",
         "row": 0,
         "dropped": None,
+        "warnings": [],
         "tokens": 45,
         "trained_tokens": 28,
         "text": f"<|begin_of_text|>{USER}hi<|eot_id|>{ASSISTANT}"
@@ -140,6 +147,10 @@ def test_preview_skips_rows_that_fail_conversion(capsys, base, small_data):
         "\n--- sample 2: chat row 3 (dropped: too_long) ---\n\n"
         "\n--- sample 3: chat row 4 (19 tokens, 3 trained) ---\n"
         f"<|begin_of_text|>{USER}ok<|eot_id|>{ASSISTANT}[[fine<|eot_id|>]]\n"
+        "\nSummary: 3 samples shown: 2 kept (0 with warnings), 1 dropped (too_long).\n"
+        "Skipped 2 rows before them, dropped when read:\n"
+        "  chat [convert]: dropped 2 rows: invalid_role_order: 1 row (row 1); odd_message_count: 1 row (row 2)\n"
+        "`lmforge data check` checks every row and explains each reason.\n"
     )
 
 
@@ -205,6 +216,16 @@ Rows:
 Dropped rows:
   chat [convert]: dropped 2 of 6 rows: invalid_role_order: 1 row (row 1); odd_message_count: 1 row (row 2)
 
+Warnings:
+  none
+
+What the reasons mean (the table in data/README.md):
+  invalid_role_order: The turns do not alternate: messages 1, 3, 5, ... must come from the user (or be tool \
+results), messages 2, 4, 6, ... from the assistant (or be tool calls). Fix: Reorder, merge or delete messages so \
+that the conversation starts with the user and alternates.
+  odd_message_count: The conversation does not end with an answer (an assistant message or a tool call). Fix: Add \
+the answer or delete the last user turn; for preference data set `"ranking": true`.
+
 Token lengths (train, 6 samples, before truncation):
   min 19, p50 21, p90 28, p95 51, p99 51, max 51
   2 samples exceed cutoff_len 24 and get truncated: 31 tokens cut in all, at most 27 from one sample
@@ -223,7 +244,8 @@ def test_check_json(capsys, base, small_data):
                        "--json")
     assert code == 1
     result = json.loads(out)
-    assert list(result) == ["template", "stage", "cutoff_len", "splits", "datasets", "drops", "dropped_total"]
+    assert list(result) == ["template", "stage", "cutoff_len", "splits", "datasets", "drops", "dropped_total",
+                            "warnings", "warnings_total", "unread_columns", "reasons"]
     assert result["splits"] == {
         "train": {
             "rows": 6,
@@ -235,12 +257,19 @@ def test_check_json(capsys, base, small_data):
             "packing_dropped_tokens": 0,
         }
     }
-    assert result["datasets"] == {"chat": {"rows": 6, "dropped": 2}, "notes": {"rows": 2, "dropped": 0}}
+    assert result["datasets"] == {"chat": {"rows": 6, "dropped": 2, "warnings": 0},
+                                  "notes": {"rows": 2, "dropped": 0, "warnings": 0}}
     assert result["drops"] == [
         {"dataset": "chat", "stage": "convert", "reason": "invalid_role_order", "count": 1, "rows": [1]},
         {"dataset": "chat", "stage": "convert", "reason": "odd_message_count", "count": 1, "rows": [2]},
     ]
     assert result["dropped_total"] == 2
+    assert (result["warnings"], result["warnings_total"], result["unread_columns"]) == ([], 0, [])
+    assert list(result["reasons"]) == ["invalid_role_order", "odd_message_count"]
+    assert result["reasons"]["odd_message_count"] == (
+        "odd_message_count: The conversation does not end with an answer (an assistant message or a tool call). "
+        'Fix: Add the answer or delete the last user turn; for preference data set `"ranking": true`.'
+    )
 
 
 def test_check_without_drops_exits_0(capsys, base, small_data):
@@ -249,6 +278,7 @@ def test_check_without_drops_exits_0(capsys, base, small_data):
     assert out == (
         "Template llama3, stage sft, cutoff_len 24\n\nRows:\n  notes: 2 loaded, 2 kept, 0 dropped\n\n"
         "Dropped rows:\n  none\n\n"
+        "Warnings:\n  none\n\n"
         "Token lengths (train, 2 samples, before truncation):\n"
         "  min 20, p50 20, p90 22, p95 22, p99 22, max 22\n"
         "  no sample exceeds cutoff_len 24\n"
@@ -266,6 +296,14 @@ def test_check_with_drop_overlong_says_long_samples_are_dropped(capsys, base, sm
         "Dropped rows:",
         "  chat [convert]: dropped 2 of 6 rows: invalid_role_order: 1 row (row 1); odd_message_count: 1 row (row 2)",
         "  chat [tokenize]: dropped 2 of 4 rows: too_long: 2 rows (rows 3, 5)",
+        "",
+        "Warnings:",
+        "  none",
+        "",
+        "What the reasons mean (the table in data/README.md):",
+        f"  {explain('invalid_role_order')}",
+        f"  {explain('odd_message_count')}",
+        f"  {explain('too_long')}",
         "",
         "Token lengths (train, 4 samples, before truncation):",
         "  min 19, p50 28, p90 51, p95 51, p99 51, max 51",
@@ -404,6 +442,8 @@ def test_llama_factory_config_and_data_check_without_drops(capsys, tiny_llama_di
     assert code == 0
     result = json.loads(out)
     assert result["dropped_total"] == 0
-    assert result["datasets"] == {"identity": {"rows": 91, "dropped": 0}, "alpaca_en_demo": {"rows": 200, "dropped": 0}}
+    assert result["datasets"] == {"identity": {"rows": 91, "dropped": 0, "warnings": 0},
+                                  "alpaca_en_demo": {"rows": 200, "dropped": 0, "warnings": 0}}
+    assert (result["warnings"], result["unread_columns"]) == ([], [])
     assert result["splits"]["train"]["samples"] == 291
     assert result["splits"]["train"]["lengths"]["over_cutoff"] == 0

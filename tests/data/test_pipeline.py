@@ -150,6 +150,8 @@ def test_drops_are_counted_by_reason_with_row_numbers(tiny_llama_dir, data_dir):
             {"dataset": "chat", "stage": "convert", "count": 7},
             {"dataset": "chat", "stage": "tokenize", "count": 3},
         ],
+        "warnings": [],
+        "unread_columns": [],
     }
     assert module.summary_lines() == [
         "chat [convert]: dropped 4 of 7 rows: invalid_role_order: 2 rows (rows 1, 6); "

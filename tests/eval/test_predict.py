@@ -108,3 +108,49 @@ def test_a_killed_run_keeps_the_predictions_made_so_far(tiny_llama_dir, tmp_path
     assert all(set(r) == {"prompt", "predict", "label"} for r in kept)
     assert not (out / "predict_results.json").exists()  # no results file vouches for an unfinished run
     assert main(["eval-predictions", str(predictions)]) == 0
+
+
+NOTES_ROWS = [
+    {"instruction": "Say hi", "input": "", "output": "Hi"},  # 0 predicted
+    {"instruction": "Say nothing", "input": "", "output": ""},  # 1 no reference to score against
+    {"input": "", "output": "An answer to nothing"},  # 2 no prompt to generate from
+    {"instruction": "No answer here", "input": ""},  # 3 no reference answer
+    {"instruction": "Two answers", "input": "", "output": ["a", "b"]},  # 4 not text: dropped when read
+    {"instruction": "Say bye", "input": "", "output": "Bye"},  # 5 predicted
+]
+
+
+def test_rows_that_cannot_be_scored_are_reported_not_predicted(tiny_llama_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text(json.dumps({"notes": {"file_name": "notes.json"}}), encoding="utf-8")
+    (data / "notes.json").write_text(json.dumps(NOTES_ROWS), encoding="utf-8")
+    out = tmp_path / "predict"
+    metrics = train(f"model_name_or_path={tiny_llama_dir}", "stage=sft", "do_predict=true",
+                    "predict_with_generate=true", "eval_dataset=notes", f"dataset_dir={data}", "template=llama3",
+                    f"output_dir={out}", "max_new_tokens=4", "per_device_eval_batch_size=4", "do_sample=false")
+
+    records = _lines(out / "generated_predictions.jsonl")
+    header = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+    assistant = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    assert [(r["prompt"], r["label"]) for r in records] == [
+        (f"{header}Say hi{assistant}", "Hi"), (f"{header}Say bye{assistant}", "Bye"),
+    ]
+    saved = json.loads((out / "predict_results.json").read_text(encoding="utf-8"))
+    assert saved == metrics
+    assert (saved["predict_samples"], saved["predict_dropped_samples"]) == (2, 4)
+    scorer = SimilarityScorer()
+    for record in records:
+        scorer.score(record["predict"], record["label"])
+    assert {k: saved[k] for k in scorer.means("predict_")} == scorer.means("predict_")  # only the two are scored
+
+    err = capsys.readouterr().err
+    assert (
+        "4 eval rows are not predicted, so they are neither in generated_predictions.jsonl nor scored: "
+        "notes [convert]: dropped 1 row: invalid_response: 1 row (row 4); notes [predict]: dropped 3 rows: "
+        "empty_response: 1 row (row 1); empty_prompt: 1 row (row 2); missing_response: 1 row (row 3). "
+        "`lmforge data check` explains the reasons.\n"
+    ) in err
+    # The data log before it says the same, with the rows read at each stage.
+    assert "notes [predict]: dropped 3 of 5 rows: empty_response: 1 row (row 1); empty_prompt: 1 row (row 2); " \
+           "missing_response: 1 row (row 3)\n" in err

@@ -6,6 +6,8 @@ rows reach a model, which sees only model columns.
 """
 
 META_COLUMNS = ("_dataset", "_row", "_drop")  # source dataset, row number in it, drop reason ("" = kept)
+# Processors' flags on rows they keep: a list of {dataset, row, reason} (a packed block holds several rows).
+WARN_COLUMN = "_warn"
 DROPPED_TOKENS = "_dropped_tokens"  # pt packing: tokens after the last full block of a batch
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels", "position_ids")
 TRAIN_SPLIT = "train"

@@ -61,6 +61,7 @@ INVALID_ROLE_ORDER = "invalid_role_order"  # not user/observation at even turns,
 ODD_MESSAGE_COUNT = "odd_message_count"  # a normal row must end with an answer (even count)
 EVEN_MESSAGE_COUNT = "even_message_count"  # a ranking row must end with a question (odd count)
 INVALID_CONTENT = "invalid_content"  # a message/instruction that is not text
+INVALID_RESPONSE = "invalid_response"  # an alpaca answer that is not text (a list, an object, true/false)
 INVALID_HISTORY = "invalid_history"  # alpaca history that is not a list of [prompt, response] pairs
 MISSING_CHOSEN_REJECTED = "missing_chosen_rejected"  # ranking row without both answers
 INVALID_RANKING_ROLE = "invalid_ranking_role"  # chosen/rejected not from the assistant/function
@@ -68,7 +69,8 @@ INVALID_TOOL_CALL_JSON = "invalid_tool_call_json"  # a function message that is 
 INVALID_TOOLS_JSON = "invalid_tools_json"  # a tools value that is not JSON
 REASONS = (
     MISSING_COLUMN, INVALID_MESSAGES, EMPTY_CONVERSATION, UNKNOWN_ROLE, INVALID_ROLE_ORDER, ODD_MESSAGE_COUNT,
-    EVEN_MESSAGE_COUNT, INVALID_CONTENT, INVALID_HISTORY, MISSING_CHOSEN_REJECTED, INVALID_RANKING_ROLE,
+    EVEN_MESSAGE_COUNT, INVALID_CONTENT, INVALID_RESPONSE, INVALID_HISTORY, MISSING_CHOSEN_REJECTED,
+    INVALID_RANKING_ROLE,
     INVALID_TOOL_CALL_JSON, INVALID_TOOLS_JSON,
 )  # fmt: skip
 
@@ -122,8 +124,12 @@ def _plain_text(value: Any) -> str | None:
     return None
 
 
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value  # an empty csv cell
+
+
 def _text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or _is_nan(value):
         return ""
     text = _plain_text(value)
     if text is None:
@@ -187,12 +193,15 @@ def convert_alpaca(example: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]
 
     parts = []
     for column in (columns.prompt, columns.query):
-        value = example.get(column) if column else None
-        if value:
-            parts.append(_text(value))
+        # Only a missing or empty value is left out: 0 is text, and a list is an error, not "no input".
+        text = _text(example.get(column)) if column else ""
+        if text:
+            parts.append(text)
     prompt.append(_message(Role.USER, "\n".join(parts)))
 
     answer = example.get(columns.response) if columns.response else None
+    if answer is not None and _plain_text(answer) is None and not _is_nan(answer):
+        raise InvalidRow(INVALID_RESPONSE)
     feedback = example.get(columns.kto_tag) if columns.kto_tag else None
     if isinstance(feedback, bool):
         response = _feedback_response(_message(Role.ASSISTANT, _text(answer)), feedback)
@@ -204,7 +213,9 @@ def convert_alpaca(example: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]
         response = [_message(Role.ASSISTANT, chosen), _message(Role.ASSISTANT, rejected)]
     elif _plain_text(answer) is not None:
         response = [_message(Role.ASSISTANT, _plain_text(answer))]
-    else:  # unsupervised (pretraining text, prediction)
+    else:
+        # No answer (null, an empty csv cell, or no response column): kept for pt, which reads the
+        # prompt only; sft and prediction drop it as `missing_response` (see processors/base.py).
         response = []
 
     return {

@@ -1,8 +1,13 @@
 """What `lmforge data preview` and `lmforge data check` show: what training will see, before it runs.
 
 preview: the first samples rendered through the template, trained text marked [[...]], with token
-counts. check: every row validated; rows loaded and dropped (by reason, with row numbers), token
-lengths against cutoff_len, and how much truncation cuts. Exit code 1 when any row is dropped.
+counts and warnings, then a summary: the rows skipped because they were dropped when read, and the
+columns no mapping reads. check: every row validated; rows loaded, dropped and kept with warnings
+(by reason, with row numbers), unread columns, what each reason means, token lengths against
+cutoff_len, and how much truncation cuts. Exit code 1 when any row is dropped (warnings do not fail).
+
+With `do_predict` and `predict_with_generate` in the config, the eval split is judged as batch
+prediction judges it (its prompts, with the reference answer), not as training would.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from lmforge.errors import UserError
 
 MARK_OPEN, MARK_CLOSE = "[[", "]]"
 PERCENTILES = (50, 90, 95, 99)
+_ALL_ROWS = 10**9  # the preview's report keeps every row number, to say which rows it skipped
 
 
 @dataclass(frozen=True)
@@ -62,9 +68,10 @@ def _first_rows(splits, names: list[str], num: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _preview_rows(args, cfg) -> list[dict[str, Any]]:
-    """The first `--num` valid aligned rows of the split. Reading only the first rows of each dataset is
-    fast, but rows that fail conversion leave fewer (or none), so then every row is read."""
+def _preview_rows(args, cfg):
+    """The first `--num` valid aligned rows of the split, and the report of reading them. Reading only the
+    first rows of each dataset is fast, but rows that fail conversion leave fewer (or none), so then every
+    row is read."""
     from lmforge.data.pipeline import load_aligned
     from lmforge.data.report import DropReport
 
@@ -72,19 +79,21 @@ def _preview_rows(args, cfg) -> list[dict[str, Any]]:
     wanted = data.max_samples
     if not data.streaming and data.val_size == 0 and (wanted is None or wanted > args.num):
         data.max_samples = args.num
+        report = DropReport(max_rows=_ALL_ROWS)
         try:
-            splits = load_aligned(cfg, DropReport(), cfg.finetune.stage)
+            splits = load_aligned(cfg, report, cfg.finetune.stage)
         except UserError:
             splits = None  # e.g. all of the first rows are invalid: the full read below tells
         if splits is not None:
             names = _split_names(args, splits)
             rows = _first_rows(splits, names, args.num)
             if not names or len(rows) >= args.num:
-                return _require(args, names, rows)
+                return _require(args, names, rows), report
         data.max_samples = wanted
-    splits = load_aligned(cfg, DropReport(), cfg.finetune.stage)
+    report = DropReport(max_rows=_ALL_ROWS)
+    splits = load_aligned(cfg, report, cfg.finetune.stage)
     names = _split_names(args, splits)
-    return _require(args, names, _first_rows(splits, names, args.num))
+    return _require(args, names, _first_rows(splits, names, args.num)), report
 
 
 def _require(args, names: list[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -94,34 +103,102 @@ def _require(args, names: list[str], rows: list[dict[str, Any]]) -> list[dict[st
     return rows
 
 
+def predicts(cfg, split: str) -> bool:
+    """Whether the run judges `split` as batch prediction does (`do_predict` with `predict_with_generate`)."""
+    from lmforge.data.columns import TRAIN_SPLIT
+
+    return bool(cfg.train.do_predict and cfg.train.predict_with_generate) and split != TRAIN_SPLIT
+
+
 def preview(args, cfg, tokenizer, template) -> int:
     from lmforge.data.processors import IGNORE_INDEX, get_processor
 
     data = cfg.data
     # Packed blocks mix samples; the preview shows each sample on its own.
     unpacked = dataclasses.replace(data, packing=False, neat_packing=False)
-    rows = _preview_rows(args, cfg)
-    processor = get_processor(cfg.finetune.stage, unpacked, template, tokenizer)
+    rows, report = _preview_rows(args, cfg)
+    predicting = predicts(cfg, "eval" if args.split == "eval" else "train")
+    processor = get_processor(cfg.finetune.stage, unpacked, template, tokenizer, do_generate=predicting)
     out = processor.process({key: [row[key] for row in rows] for key in rows[0]}) if rows else {"input_ids": []}
     samples = []
     for i in range(len(out["input_ids"])):
         ids = list(out["input_ids"][i])
         labels = list(out["labels"][i]) if "labels" in out else None
-        trained = sum(1 for t in labels if t != IGNORE_INDEX) if labels else len(ids)
+        if predicting:  # the prompt, then the reference answer it is scored against
+            text = tokenizer.decode(ids, skip_special_tokens=False)
+            text += f"{MARK_OPEN}{tokenizer.decode(labels, skip_special_tokens=False)}{MARK_CLOSE}" if labels else ""
+            trained = 0
+        else:
+            trained = sum(1 for t in labels if t != IGNORE_INDEX) if labels else len(ids)
+            text = mark_trained(tokenizer, ids, labels)
         samples.append({
             "dataset": out["_dataset"][i], "row": out["_row"][i], "dropped": out["_drop"][i] or None,
-            "tokens": len(ids), "trained_tokens": trained, "text": mark_trained(tokenizer, ids, labels),
+            "warnings": [flag["reason"] for flag in out["_warn"][i]],
+            "tokens": len(ids), "trained_tokens": trained, "text": text,
         })
+    skipped = _skipped(report, samples)
     if args.json:
-        print(json.dumps({"template": template.name, "samples": samples}, ensure_ascii=False, indent=2))
+        print(json.dumps({"template": template.name, "samples": samples, "skipped": skipped.to_dict()["drops"],
+                          "unread_columns": report.to_dict()["unread_columns"]}, ensure_ascii=False, indent=2))
         return 0
-    print(f"Template: {template.name}   cutoff_len: {data.cutoff_len}   (trained text inside {MARK_OPEN} {MARK_CLOSE})")
+    marked = "the reference answer" if predicting else "trained text"
+    print(f"Template: {template.name}   cutoff_len: {data.cutoff_len}   ({marked} inside {MARK_OPEN} {MARK_CLOSE})")
     for n, sample in enumerate(samples, 1):
-        status = f"dropped: {sample['dropped']}" if sample["dropped"] else (
-            f"{sample['tokens']} tokens, {sample['trained_tokens']} trained")
+        status = f"{sample['tokens']} tokens" + ("" if predicting else f", {sample['trained_tokens']} trained")
+        if sample["dropped"]:
+            status = f"dropped: {sample['dropped']}"
+        if sample["warnings"]:
+            status += f"; warning: {', '.join(sample['warnings'])}"
         print(f"\n--- sample {n}: {sample['dataset']} row {sample['row']} ({status}) ---")
         print(sample["text"])
+    print("\n" + "\n".join(_preview_summary(samples, skipped, report)))
     return 0
+
+
+def _skipped(report, samples: list[dict[str, Any]]):
+    """The rows dropped when read that lie before the last sample shown of their dataset: the ones the
+    preview passed over (later rows were not reached, so they are not "skipped")."""
+    from lmforge.data.reasons import CONVERT
+    from lmforge.data.report import DropReport
+
+    last: dict[str, int] = {}
+    for sample in samples:
+        last[sample["dataset"]] = max(last.get(sample["dataset"], -1), sample["row"])
+    skipped = DropReport(max_rows=5)
+    for entry in report.entries(stage=CONVERT):
+        rows = [row for row in entry.rows if row < last.get(entry.dataset, -1)]
+        if rows:
+            skipped.record(entry.dataset, entry.reason, rows, stage=CONVERT)
+    return skipped
+
+
+def _preview_summary(samples: list[dict[str, Any]], skipped, report) -> list[str]:
+    warned: dict[str, None] = {}
+    dropped: dict[str, None] = {}
+    for sample in samples:
+        warned.update(dict.fromkeys(sample["warnings"]))
+        if sample["dropped"]:
+            dropped[sample["dropped"]] = None
+    n_dropped = sum(1 for s in samples if s["dropped"])
+    n_warned = sum(1 for s in samples if s["warnings"])
+    kept = f"{len(samples) - n_dropped} kept ({n_warned} with warnings{': ' + ', '.join(warned) if warned else ''})"
+    lines = [f"Summary: {_rows(len(samples), 'sample')} shown: {kept}, {n_dropped} dropped"
+             f"{' (' + ', '.join(dropped) + ')' if dropped else ''}."]
+    if skipped:
+        lines.append(f"Skipped {_rows(skipped.count(), 'row')} before them, dropped when read:")
+    else:
+        lines.append("No row before them was skipped.")
+    lines += [f"  {line}" for line in skipped.drop_lines()]
+    unread = report.unread_columns()
+    if unread:
+        lines.append("Columns not read:")
+        lines += [f"  {column.message}" for column in unread]
+    lines.append("`lmforge data check` checks every row and explains each reason.")
+    return lines
+
+
+def _rows(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _percentile(sorted_values: list[int], q: float) -> int:
@@ -170,6 +247,7 @@ def _overlong(cfg) -> tuple[str, int]:
 def check(args, cfg, tokenizer, template) -> int:
     from lmforge.data.pipeline import load_aligned, tokenize_split
     from lmforge.data.processors import get_processor
+    from lmforge.data.reasons import CONVERT, PREDICT, TOKENIZE, explain
     from lmforge.data.report import DropReport
 
     data = cfg.data
@@ -182,31 +260,37 @@ def check(args, cfg, tokenizer, template) -> int:
     result: dict[str, Any] = {"template": template.name, "stage": cfg.finetune.stage, "cutoff_len": data.cutoff_len,
                               "splits": {}}
     for name, dataset in splits.items():
-        measure = get_processor(cfg.finetune.stage, full, template, tokenizer)
-        lengths = [len(ids) for ids, drop in zip(*_columns(dataset.map(
-            measure, batched=True, remove_columns=dataset.column_names, features=measure.features,
-            load_from_cache_file=False, desc=f"Measuring {name}"), "input_ids", "_drop")) if not drop]
-        tokenized, dropped_tokens = tokenize_split(dataset, data, get_processor(cfg.finetune.stage, data, template,
-                                                                                 tokenizer), report, name)
+        predicting = predicts(cfg, name)
+        measure = get_processor(cfg.finetune.stage, full, template, tokenizer, do_generate=predicting)
+        measured = dataset.map(measure, batched=True, remove_columns=dataset.column_names, features=measure.features,
+                               load_from_cache_file=False, desc=f"Measuring {name}")
+        # A prediction sample is its prompt plus the reference answer (its `labels`).
+        extra = measured["labels"] if predicting else [()] * len(measured)
+        lengths = [len(ids) + len(more) for ids, more, drop in zip(measured["input_ids"], extra, measured["_drop"])
+                   if not drop]
+        processor = get_processor(cfg.finetune.stage, data, template, tokenizer, do_generate=predicting)
+        tokenized, dropped_tokens = tokenize_split(dataset, data, processor, report, name,
+                                                   stage=PREDICT if predicting else TOKENIZE)
         result["splits"][name] = {"rows": len(dataset), "samples": len(tokenized),
-                                  "lengths": length_stats(lengths, data.cutoff_len, *_overlong(cfg)),
+                                  "lengths": length_stats(lengths, data.cutoff_len,
+                                                          *(("truncated", data.cutoff_len) if predicting
+                                                            else _overlong(cfg))),
                                   "packing_dropped_tokens": dropped_tokens}
-    seen = {}
-    for entry in report.to_dict()["seen"]:
-        if entry["stage"] == "convert":
-            seen[entry["dataset"]] = entry["count"]
-    result["datasets"] = {name: {"rows": count, "dropped": report.count(name)} for name, count in seen.items()}
-    result["drops"] = report.to_dict()["drops"]
+    summary = report.to_dict()
+    seen = {entry["dataset"]: entry["count"] for entry in summary["seen"] if entry["stage"] == CONVERT}
+    result["datasets"] = {name: {"rows": count, "dropped": report.count(name), "warnings": report.warned(name)}
+                          for name, count in seen.items()}
+    result["drops"] = summary["drops"]
     result["dropped_total"] = report.count()
+    result["warnings"] = summary["warnings"]
+    result["warnings_total"] = report.warned()
+    result["unread_columns"] = summary["unread_columns"]
+    result["reasons"] = {code: explain(code) for code in report.reasons()}
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
     else:
         print(render_check(result, report))
     return 1 if result["dropped_total"] else 0
-
-
-def _columns(dataset, *names):
-    return [dataset[name] for name in names]
 
 
 def render_check(result: dict[str, Any], report) -> str:
@@ -215,7 +299,12 @@ def render_check(result: dict[str, Any], report) -> str:
     for name, info in result["datasets"].items():
         lines.append(f"  {name}: {info['rows']} loaded, {info['rows'] - info['dropped']} kept, {info['dropped']} dropped")
     lines += ["", "Dropped rows:"]
-    lines += [f"  {line}" for line in report.summary_lines()] or ["  none"]
+    lines += [f"  {line}" for line in report.drop_lines()] or ["  none"]
+    lines += ["", "Warnings:"]
+    lines += [f"  {line}" for line in report.warning_lines()] or ["  none"]
+    if result["reasons"]:
+        lines += ["", "What the reasons mean (the table in data/README.md):"]
+        lines += [f"  {text}" for text in result["reasons"].values()]
     for name, split in result["splits"].items():
         stats = split["lengths"]
         lines += ["", f"Token lengths ({name}, {stats['samples']} samples, before truncation):"]

@@ -17,6 +17,7 @@ from lmforge.config.data import MIX_STRATEGIES
 from lmforge.data.columns import EVAL_SPLIT, TRAIN_SPLIT
 from lmforge.data.converters import RowConverter, aligned_features
 from lmforge.data.files import load_cloud_dataset, load_local_dataset, root_message
+from lmforge.data.mapping import mapped_columns, unread_columns
 from lmforge.data.registry import FORMATS, DatasetSpec, get_dataset_specs, is_env_enabled
 from lmforge.data.report import DropReport, collect_drops
 from lmforge.errors import UserError, did_you_mean
@@ -30,9 +31,6 @@ logger = logging.getLogger(__name__)
 
 RANKING_STAGES = ("rm", "dpo")
 _PEEK_ROWS = 10
-_SHARED_COLUMNS = ("system", "tools", "images", "videos", "audios", "chosen", "rejected", "kto_tag")
-_CHAT_COLUMNS = ("messages", *_SHARED_COLUMNS)
-_ALPACA_COLUMNS = ("prompt", "query", "response", "history", *_SHARED_COLUMNS)
 _HINTS = {
     "unknown_role": "the roles of the messages are not the ones its `tags` name",
     "invalid_role_order": (
@@ -44,6 +42,7 @@ _HINTS = {
     ),
     "missing_chosen_rejected": "ranking rows need both a chosen and a rejected answer",
     "invalid_content": "message contents must be text",
+    "invalid_response": "the answers must be text",
     "missing_column": "the message list is null",
 }
 
@@ -94,6 +93,8 @@ def load_aligned_dataset(
     raw = load_source(spec, data_args)
     raw, source_rows = sample_rows(raw, spec, data_args, seed)
     column_names = check_columns(raw, spec)
+    for unread in unread_columns(spec, column_names, stage):
+        report.add_unread(unread)
     aligned = _align(raw, spec, data_args, column_names, source_rows)
     valid = collect_drops(aligned, report, stage="convert")
     if not data_args.streaming and len(valid) == 0:
@@ -248,10 +249,9 @@ def _peek(dataset: Dataset | IterableDataset, count: int = _PEEK_ROWS) -> list[d
     return list(dataset.select(range(min(count, len(dataset)))))
 
 
-def _used_columns(spec: DatasetSpec) -> dict[str, str]:
-    """{columns key: source column} of the columns the converter of `spec` reads."""
-    keys = _ALPACA_COLUMNS if spec.formatting == "alpaca" else _CHAT_COLUMNS
-    used = {key: getattr(spec.columns, key) for key in keys if getattr(spec.columns, key)}
+def _required_columns(spec: DatasetSpec) -> dict[str, str]:
+    """{columns key: source column} of the columns the file of `spec` must have."""
+    used = mapped_columns(spec)
     if spec.formatting == "alpaca" and not spec.columns_given:
         # LLaMA-Factory requires the default input/output columns; instruction-only data is fine here.
         for key in ("query", "response"):
@@ -264,7 +264,7 @@ def check_columns(dataset: Dataset | IterableDataset, spec: DatasetSpec) -> list
     names = _column_names(dataset)
     if spec.formatting not in FORMATS:
         return names
-    missing = [(key, column) for key, column in _used_columns(spec).items() if column not in names]
+    missing = [(key, column) for key, column in _required_columns(spec).items() if column not in names]
     if missing:
         wanted = ", ".join(f"'{column}' (mapped as `{key}`)" for key, column in missing)
         example = ", ".join(f'"{key}": "<column>"' for key, _ in missing)

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmforge.data.columns import DROPPED_TOKENS, EVAL_SPLIT, META_COLUMNS, TRAIN_SPLIT
-from lmforge.data.report import DropReport, collect_drops
+from lmforge.data.columns import DROPPED_TOKENS, EVAL_SPLIT, META_COLUMNS, TRAIN_SPLIT, WARN_COLUMN
+from lmforge.data.reasons import PREDICT, TOKENIZE
+from lmforge.data.report import DropReport, collect_drops, count_rows_seen
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
@@ -77,8 +78,12 @@ def load_aligned(cfg: RunConfig, report: DropReport, stage: str):
     return {name: fill_placeholders(ds, cfg.data.placeholders) for name, ds in splits.items()}
 
 
-def tokenize_split(dataset, data_args: DataArguments, processor, report: DropReport, name: str):
-    """Run the processor over one split; return (valid rows with model columns only, dropped packing tokens)."""
+def tokenize_split(dataset, data_args: DataArguments, processor, report: DropReport, name: str,
+                   stage: str = TOKENIZE):
+    """Run the processor over one split; return (valid rows with model columns only, dropped packing tokens).
+
+    Drops and warnings are counted into `report` under `stage` (`predict` for prediction prompts).
+    """
     from datasets import IterableDataset
 
     from lmforge.data.processors import PACKING_REMAINDER
@@ -106,9 +111,12 @@ def tokenize_split(dataset, data_args: DataArguments, processor, report: DropRep
                                      batched=True, desc="Collecting drops")
     elif streaming:
         tokenized = tokenized.filter(lambda drop: drop != PACKING_REMAINDER, input_columns="_drop")
-    valid = collect_drops(tokenized, report, stage="tokenize")
+    if not streaming:
+        # The rows seen are the input rows: a packed output row is a block of several.
+        count_rows_seen(dataset, report, stage)
+    valid = collect_drops(tokenized, report, stage=stage, count_seen=False)
     present = valid.column_names or []
-    meta = [c for c in (*META_COLUMNS, DROPPED_TOKENS) if c in present]
+    meta = [c for c in (*META_COLUMNS, WARN_COLUMN, DROPPED_TOKENS) if c in present]
     return (valid.remove_columns(meta) if meta else valid), dropped_tokens
 
 
@@ -128,8 +136,10 @@ def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, g
     aligned = load_aligned(cfg, module.report, stage)
     tokenized: dict[str, Any] = {}
     for name, dataset in aligned.items():
-        processor = get_processor(stage, data, template, tokenizer, do_generate=generate_eval and name != TRAIN_SPLIT)
-        tokenized[name], dropped = tokenize_split(dataset, data, processor, module.report, name)
+        predicting = generate_eval and name != TRAIN_SPLIT
+        processor = get_processor(stage, data, template, tokenizer, do_generate=predicting)
+        tokenized[name], dropped = tokenize_split(dataset, data, processor, module.report, name,
+                                                  stage=PREDICT if predicting else TOKENIZE)
         module.packing_dropped_tokens += dropped
         if not data.streaming and len(tokenized[name]) == 0:
             details = "; ".join(module.report.summary_lines()) or "no rows were loaded"
@@ -137,6 +147,7 @@ def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, g
                 f"No valid {'training' if name == TRAIN_SPLIT else 'evaluation'} samples are left after tokenization "
                 f"(cutoff_len {data.cutoff_len}): {details}. Run `lmforge data check` on this config for details."
             )
+    # Every drop, warning and unread column reaches the training (and prediction) log, one line each.
     for line in module.summary_lines():
         logger.warning(line)
 

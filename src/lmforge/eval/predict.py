@@ -6,6 +6,10 @@ strings and generation settings behave the same everywhere. Every batch is appen
 `generated_predictions.jsonl` and flushed as soon as it is decoded: a run stopped after 900 of
 1000 samples keeps 900. `predict_results.json` (BLEU-4, ROUGE-1/2/L, runtime) is written last,
 atomically, so its presence says that the predictions file is complete.
+
+A row that cannot be predicted and scored (no reference answer, a blank one, a blank prompt, or a
+row dropped when read) is not predicted: it is left out of both files, counted in
+`predict_dropped_samples`, and named with its reason and row number in the log.
 """
 
 from __future__ import annotations
@@ -50,15 +54,38 @@ def run_predict(cfg: RunConfig) -> dict:
     engine = HFEngine(cfg)
     module = get_dataset(cfg, engine.tokenizer, engine.template, stage="sft", generate_eval=True)
     dataset = _one_dataset(module.eval_dataset)
+    dropped = _log_not_predicted(cfg, module.report)
     out.mkdir(parents=True, exist_ok=True)
     # An old results file would vouch for the new, unfinished predictions.
     (out / RESULTS_FILE).unlink(missing_ok=True)
 
     metrics = _generate_all(cfg, engine, dataset, target)
+    metrics["predict_dropped_samples"] = dropped
     _print_metrics(metrics)
     _write_results(out, metrics)
     logger.info(f"Predictions written to {target}")
     return metrics
+
+
+def _log_not_predicted(cfg: RunConfig, report) -> int:
+    """Log the eval rows that are not predicted, by dataset, reason and row; return how many.
+
+    They are the rows dropped while building the prompts, and, for `eval_dataset`, the rows dropped
+    when read (with `val_size` those cannot be told from the training rows; the data log names them).
+    """
+    from lmforge.data.reasons import CONVERT, PREDICT
+    from lmforge.data.registry import get_dataset_specs
+    from lmforge.data.report import DropReport
+
+    names = {spec.name for spec in get_dataset_specs(cfg.data.eval_dataset, cfg.data.dataset_dir)}
+    skipped = DropReport(max_rows=report.max_rows)
+    for entry in report.entries():
+        if entry.stage == PREDICT or (entry.stage == CONVERT and entry.dataset in names):
+            skipped.record(entry.dataset, entry.reason, entry.rows, stage=entry.stage, count=entry.count)
+    if skipped:
+        logger.warning(f"{skipped.count()} eval rows are not predicted, so they are neither in {PREDICTIONS_FILE} "
+                       f"nor scored: {'; '.join(skipped.drop_lines())}. `lmforge data check` explains the reasons.")
+    return skipped.count()
 
 
 def _one_dataset(eval_dataset):

@@ -47,7 +47,7 @@ def test_no_packing_truncates_each_row(qwen, make_args, run_map):
     assert out[0]["input_ids"] == _encode(tokenizer, TEXTS[0] + "<|im_end|>")[:8]
     assert out[2]["input_ids"] == _encode(tokenizer, "Hi<|im_end|>")
     assert out[2]["attention_mask"] == [1] * len(out[2]["input_ids"])
-    assert out.column_names == ["input_ids", "attention_mask", "_dataset", "_row", "_drop"]
+    assert out.column_names == ["input_ids", "attention_mask", "_dataset", "_row", "_drop", "_warn"]
 
 
 def test_llama3_uses_end_of_text_even_when_eos_is_eot(llama3, make_args, run_map):

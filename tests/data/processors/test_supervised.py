@@ -177,8 +177,8 @@ def test_invalid_rows_are_reported_not_lost(llama3, aligned, rows_dataset, make_
         aligned(["Hi", "Hello"]),
         aligned([], prompt=[user, answer], response=[answer]),  # even prompt
         aligned([], prompt=[user], response=[answer, answer]),  # two responses (a ranking row)
-        aligned([], prompt=[user], response=[]),  # no response
-        aligned([], prompt=[], response=[]),  # emptied by the converter
+        aligned([], prompt=[user], response=[]),  # no response: the alpaca row had no output
+        aligned([], prompt=[], response=[]),  # no conversation at all
         aligned(["Hi", "Hello"], drop="invalid_role_order"),  # dropped upstream, reason kept
     ]
     out = run_map(get_processor("sft", make_args(), template, tokenizer), rows_dataset(rows), batch_size=2)
@@ -187,8 +187,8 @@ def test_invalid_rows_are_reported_not_lost(llama3, aligned, rows_dataset, make_
         "",
         "invalid_turns",
         "invalid_turns",
-        "invalid_turns",
-        "invalid_turns",
+        "missing_response",
+        "missing_response",
         "invalid_role_order",
     ]
     assert out["_row"] == [0, 1, 2, 3, 4, 5]
@@ -214,5 +214,5 @@ def test_output_types_are_fixed_even_when_a_batch_is_all_drops(llama3, aligned, 
     out = run_map(processor, rows_dataset(rows), batch_size=1)
     assert out.features == processor.features
     assert str(out.features["attention_mask"].feature.dtype) == "int8"
-    assert out["_drop"] == ["invalid_turns", ""]
+    assert out["_drop"] == ["missing_response", ""]
     assert "input_ids:" in processor.describe(out[1]) and "labels:\nHello<|eot_id|>" in processor.describe(out[1])

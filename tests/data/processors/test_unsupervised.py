@@ -37,12 +37,20 @@ def test_prompt_is_the_generation_prompt(request, name, end, turns, aligned, row
     assert row["_drop"] == "" and row["_row"] == 0
 
 
-def test_without_response_labels_are_the_empty_answer(llama3, aligned, rows_dataset, make_args, run_map):
+def test_rows_that_cannot_be_scored_are_dropped_with_their_reason(llama3, aligned, rows_dataset, make_args, run_map):
     template, tokenizer = llama3
-    row = aligned([], prompt=[{"role": "user", "content": "Hi"}], response=[])
-    out = run_map(get_processor("sft", make_args(), template, tokenizer, do_generate=True), rows_dataset([row]))
-    assert out[0]["input_ids"] == template.encode_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
-    assert out[0]["labels"] == _encode(tokenizer, "<|eot_id|>")
+    rows = [
+        aligned([], prompt=[{"role": "user", "content": "Hi"}], response=[]),  # no reference answer
+        aligned(["", "Hello"]),  # nothing to answer
+        aligned(["Hi", " "]),  # a blank reference answer
+        aligned(["Hi", "Hello"]),
+    ]
+    out = run_map(get_processor("sft", make_args(), template, tokenizer, do_generate=True), rows_dataset(rows))
+    assert out["_drop"] == ["missing_response", "empty_prompt", "empty_response", ""]
+    assert out["input_ids"][:3] == [[], [], []]
+    assert out[3]["input_ids"] == template.encode_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
+    assert out[3]["labels"] == _encode(tokenizer, "Hello<|eot_id|>")
+    assert out["_warn"] == [[]] * 4  # prediction drops what training only warns about
 
 
 def test_efficient_eos_appends_eos_to_labels(glm4, aligned, rows_dataset, make_args, run_map):

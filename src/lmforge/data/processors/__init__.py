@@ -2,16 +2,20 @@
 
 `get_processor` picks the processor for a stage; call `dataset.map(processor, batched=True,
 remove_columns=dataset.column_names)`. Every rejected row comes back with `_drop` set to one of
-`REASONS`, so the pipeline can count drops before filtering them out.
+`REASONS`, and every kept row that looks wrong with its flags in `_warn`, so the pipeline can count
+both before filtering the drops out (`lmforge.data.reasons` says what each reason means).
 """
 
 from __future__ import annotations
 
 from lmforge.config.finetune import IMPLEMENTED_STAGES, STAGES
 from lmforge.data.processors.base import (
+    EMPTY_PROMPT,
+    EMPTY_RESPONSE,
     EMPTY_TEXT,
     IGNORE_INDEX,
     INVALID_TURNS,
+    MISSING_RESPONSE,
     NO_SUPERVISED_TOKENS,
     PACKING_REMAINDER,
     REASONS,
@@ -22,9 +26,12 @@ from lmforge.data.processors.truncation import infer_seqlen
 from lmforge.errors import UserError, did_you_mean
 
 __all__ = [
+    "EMPTY_PROMPT",
+    "EMPTY_RESPONSE",
     "EMPTY_TEXT",
     "IGNORE_INDEX",
     "INVALID_TURNS",
+    "MISSING_RESPONSE",
     "NO_SUPERVISED_TOKENS",
     "PACKING_REMAINDER",
     "REASONS",

@@ -2,6 +2,7 @@
 
 A processor is called by `dataset.map(processor, batched=True)` on aligned rows (`_prompt`,
 `_response`, `_system`, `_tools`, media, `_dataset`, `_row`, `_drop`). It returns a pyarrow table
+with the model columns, the meta columns and `_warn` (the flags of kept rows that look wrong),
 whose schema is fixed by `processor.features`, so a batch of only dropped rows (empty lists)
 cannot decide the column types, and `datasets` never narrows `attention_mask` to int8 behind our
 back (neat packing stores sample indices there).
@@ -13,17 +14,48 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
+from lmforge.data.columns import WARN_COLUMN
 from lmforge.errors import UserError
 
 IGNORE_INDEX = -100
 
-# Reason keys of dropped rows, as they appear in `_drop` and in the data report.
-INVALID_TURNS = "invalid_turns"  # prompt of even length, or not exactly one response
+# Reason keys of dropped rows (`_drop`) and of flagged kept rows (`_warn`), as they appear in the data
+# report; `lmforge.data.reasons` explains each.
+MISSING_RESPONSE = "missing_response"  # no answer: the converter found none (null, or no response column)
+EMPTY_RESPONSE = "empty_response"  # the answer is empty: a warning in training, a drop in prediction
+EMPTY_PROMPT = "empty_prompt"  # the last user turn is empty: a warning in training, a drop in prediction
+INVALID_TURNS = "invalid_turns"  # prompt of even length, or more than one response (KTO, ranking rows)
 TOO_LONG = "too_long"  # longer than cutoff_len (drop_overlong, or too long to pack)
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"  # every label is IGNORE_INDEX after truncation
-EMPTY_TEXT = "empty_text"  # pt row without any text message
+EMPTY_TEXT = "empty_text"  # pt row without any text
 PACKING_REMAINDER = "packing_remainder"  # pt: tokens after the last full block of a batch
-REASONS = (INVALID_TURNS, TOO_LONG, NO_SUPERVISED_TOKENS, EMPTY_TEXT, PACKING_REMAINDER)
+REASONS = (
+    MISSING_RESPONSE, EMPTY_RESPONSE, EMPTY_PROMPT, INVALID_TURNS, TOO_LONG, NO_SUPERVISED_TOKENS, EMPTY_TEXT,
+    PACKING_REMAINDER,
+)  # fmt: skip
+
+
+def turn_problem(prompt: Sequence[Mapping[str, str]], response: Sequence[Mapping[str, str]]) -> str:
+    """Why an aligned row cannot be one conversation ending in one answer ("" when it can)."""
+    if not response:
+        return MISSING_RESPONSE  # the converters leave the response empty exactly when the row has none
+    if len(prompt) % 2 != 1 or len(response) != 1:
+        return INVALID_TURNS
+    return ""
+
+
+def empty_turns(prompt: Sequence[Mapping[str, str]], response: Sequence[Mapping[str, str]]) -> list[str]:
+    """EMPTY_PROMPT when the last user turn is blank, EMPTY_RESPONSE when the answer is.
+
+    Only the last exchange is judged: it is what prediction generates from and scores against, and
+    the answer every row trains on. A blank tool result or an earlier blank turn is not flagged.
+    """
+    found = []
+    if prompt and prompt[-1]["role"] == "user" and not (prompt[-1]["content"] or "").strip():
+        found.append(EMPTY_PROMPT)
+    if len(response) == 1 and not (response[0]["content"] or "").strip():
+        found.append(EMPTY_RESPONSE)
+    return found
 
 
 
@@ -52,7 +84,7 @@ class Processor:
     @cached_property
     def features(self):
         """The `datasets.Features` of the output; pass it to `map(features=...)` if you like."""
-        from datasets import Features, Value
+        from datasets import Features, List, Value
 
         types = {
             "input_ids": int_list(),
@@ -62,6 +94,8 @@ class Processor:
         }
         features = {name: types[name] for name in self.model_columns}
         features.update({"_dataset": Value("string"), "_row": Value("int64"), "_drop": Value("string")})
+        flag = {"dataset": Value("string"), "row": Value("int64"), "reason": Value("string")}
+        features[WARN_COLUMN] = List(flag)
         features.update(self.extra_features)
         return Features(features)
 
@@ -90,13 +124,18 @@ class Processor:
 
     def _add_drop(self, out: dict[str, list[Any]], dataset: str, row: int, reason: str) -> None:
         for name in out:
-            out[name].append([] if name in self.model_columns else 0)
+            out[name].append([] if name in self.model_columns or name == WARN_COLUMN else 0)
         out["_dataset"][-1], out["_row"][-1], out["_drop"][-1] = dataset, row, reason
 
-    def _add_row(self, out: dict[str, list[Any]], dataset: str, row: int, **values: list[int]) -> None:
+    def _add_row(
+        self, out: dict[str, list[Any]], dataset: str, row: int, warnings: Sequence[dict[str, Any]] = (),
+        **values: list[int],
+    ) -> None:
+        """Add a kept row; `warnings` are the {dataset, row, reason} flags it carries into the report."""
         for name in out:
             out[name].append(values[name] if name in values else 0)
         out["_dataset"][-1], out["_row"][-1], out["_drop"][-1] = dataset, row, ""
+        out[WARN_COLUMN][-1] = list(warnings)
 
 
 def row_meta(batch: Mapping[str, Sequence[Any]], index: int) -> tuple[str, int, str]:

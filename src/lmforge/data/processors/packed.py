@@ -43,8 +43,9 @@ def greedy_knapsack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 class PackedSupervisedProcessor(SupervisedProcessor):
     """Blocks of exactly cutoff_len tokens: `input_ids`, `attention_mask`, `position_ids`, `labels`.
 
-    Block rows have `_dataset=""`, `_row=-1`, `_drop=""`. Rejected input rows come out as drop rows
-    (`invalid_turns`, `no_supervised_tokens`, `too_long`) with their `_dataset`/`_row` kept.
+    Block rows have `_dataset=""`, `_row=-1`, `_drop=""`, and `_warn` holds the flags of the samples
+    packed into them. Rejected input rows come out as drop rows (`missing_response`, `invalid_turns`,
+    `no_supervised_tokens`, `too_long`) with their `_dataset`/`_row` kept.
     """
 
     model_columns = ("input_ids", "attention_mask", "position_ids", "labels")
@@ -71,7 +72,7 @@ class PackedSupervisedProcessor(SupervisedProcessor):
     def process(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
         """Encode the batch, drop rows that cannot fit, and pack the rest into blocks."""
         out = self._empty_output()
-        samples: list[tuple[list[int], list[int]]] = []
+        samples: list[tuple[list[int], list[int], list[dict[str, Any]]]] = []
         by_length: dict[int, list[int]] = defaultdict(list)
         for index in range(len(batch["_prompt"])):
             dataset, row, drop = row_meta(batch, index)
@@ -82,15 +83,17 @@ class PackedSupervisedProcessor(SupervisedProcessor):
                 self._add_drop(out, dataset, row, result)
                 continue
             by_length[len(result[0])].append(len(samples))
-            samples.append(result)
+            samples.append((*result, self.flags(batch, index)))
 
-        for lengths in greedy_knapsack([len(ids) for ids, _ in samples], self.capacity):
+        for lengths in greedy_knapsack([len(ids) for ids, _, _ in samples], self.capacity):
             input_ids: list[int] = []
             attention_mask: list[int] = []
             position_ids: list[int] = []
             labels: list[int] = []
+            warnings: list[dict[str, Any]] = []
             for number, length in enumerate(lengths, start=1):
-                ids, sample_labels = samples[by_length[length].pop()]
+                ids, sample_labels, flags = samples[by_length[length].pop()]
+                warnings += flags
                 input_ids += ids
                 labels += sample_labels
                 position_ids += range(length)
@@ -106,6 +109,7 @@ class PackedSupervisedProcessor(SupervisedProcessor):
                 out,
                 "",
                 -1,
+                warnings,
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,

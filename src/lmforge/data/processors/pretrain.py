@@ -53,7 +53,8 @@ class PretrainProcessor(Processor):
         for index in range(len(batch["_prompt"])):
             dataset, row, drop = row_meta(batch, index)
             prompt = batch["_prompt"][index]
-            if not drop and not prompt:
+            # A blank text would train on the eos token alone.
+            if not drop and (not prompt or not (prompt[0]["content"] or "").strip()):
                 drop = EMPTY_TEXT
             if drop:
                 self._add_drop(out, dataset, row, drop)

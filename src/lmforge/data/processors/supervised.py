@@ -12,12 +12,13 @@ from typing import Any
 
 from lmforge.data.processors.base import (
     IGNORE_INDEX,
-    INVALID_TURNS,
     NO_SUPERVISED_TOKENS,
     TOO_LONG,
     Processor,
     check_text_only,
+    empty_turns,
     row_meta,
+    turn_problem,
 )
 from lmforge.data.processors.truncation import infer_seqlen
 from lmforge.errors import UserError
@@ -37,16 +38,13 @@ def check_masking_flags(data_args, template) -> None:
         )
 
 
-def is_valid_turns(prompt: Sequence[Any], response: Sequence[Any]) -> bool:
-    """A trainable row alternates user/assistant: an odd number of prompt messages, one response."""
-    return len(prompt) % 2 == 1 and len(response) == 1
-
-
 class SupervisedProcessor(Processor):
-    """One output row per input row: `input_ids`, `attention_mask`, `labels`, `_dataset`, `_row`, `_drop`.
+    """One output row per input row: `input_ids`, `attention_mask`, `labels`, `_dataset`, `_row`, `_drop`, `_warn`.
 
     Rejected rows keep their `_dataset`/`_row`, have empty token columns and `_drop` set to
-    `invalid_turns`, `too_long` (only with `drop_overlong`) or `no_supervised_tokens`.
+    `missing_response`, `invalid_turns`, `too_long` (only with `drop_overlong`) or `no_supervised_tokens`.
+    Kept rows whose last user turn or answer is blank are trained as they are (LLaMA-Factory does the
+    same, and an empty answer can be meant) but flagged `empty_prompt` / `empty_response` in `_warn`.
     """
 
     def __init__(self, data_args, template, tokenizer) -> None:
@@ -123,8 +121,9 @@ class SupervisedProcessor(Processor):
     def encode_row(self, batch: Mapping[str, Sequence[Any]], index: int, cutoff_len: int | None = None):
         """Encode input row `index` of a batch: (input_ids, labels) or a reason key."""
         prompt, response = batch["_prompt"][index] or [], batch["_response"][index] or []
-        if not is_valid_turns(prompt, response):
-            return INVALID_TURNS
+        problem = turn_problem(prompt, response)
+        if problem:
+            return problem
         check_text_only(batch, index)
         system = batch["_system"][index] if "_system" in batch else None
         tools = batch["_tools"][index] if "_tools" in batch else None
@@ -140,5 +139,12 @@ class SupervisedProcessor(Processor):
                 self._add_drop(out, dataset, row, result)
                 continue
             input_ids, labels = result
-            self._add_row(out, dataset, row, input_ids=input_ids, attention_mask=[1] * len(input_ids), labels=labels)
+            self._add_row(out, dataset, row, self.flags(batch, index), input_ids=input_ids,
+                          attention_mask=[1] * len(input_ids), labels=labels)
         return out
+
+    def flags(self, batch: Mapping[str, Sequence[Any]], index: int) -> list[dict[str, Any]]:
+        """The `_warn` flags of kept input row `index`: {dataset, row, reason} for each blank turn."""
+        dataset, row, _ = row_meta(batch, index)
+        found = empty_turns(batch["_prompt"][index] or [], batch["_response"][index] or [])
+        return [{"dataset": dataset, "row": row, "reason": reason} for reason in found]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lmforge.data.processors.base import INVALID_TURNS, Processor, check_text_only, row_meta
+from lmforge.data.processors.base import Processor, check_text_only, empty_turns, row_meta, turn_problem
 from lmforge.data.processors.truncation import infer_seqlen
 
 
@@ -13,9 +13,11 @@ class UnsupervisedProcessor(Processor):
     """One row per input row: `input_ids` (the generation prompt), `attention_mask`, `labels` (the answer).
 
     `labels` is not aligned with `input_ids`: it is the reference answer (+ eos for efficient_eos
-    templates), for generation metrics. A row without a response gets the template's rendering of
-    an empty assistant message as labels. Rows whose prompt has an even number of messages are
-    dropped with `invalid_turns`.
+    templates) that batch prediction scores against. So a row it could not score is dropped, with
+    the reason the data report gives: no answer (`missing_response`), a blank answer
+    (`empty_response`), or a blank last user turn (`empty_prompt`: there is nothing to answer), as
+    well as a row that is not one conversation ending in one answer (`invalid_turns`).
+    LLaMA-Factory predicts such rows and averages their meaningless scores in.
     """
 
     def __init__(self, data_args, template, tokenizer) -> None:
@@ -30,8 +32,7 @@ class UnsupervisedProcessor(Processor):
         tools: str | None,
     ) -> tuple[list[int], list[int]]:
         """Return (prompt_ids, answer_ids) of one row, both cut with `infer_seqlen`."""
-        answer = list(response) if len(response) == 1 else [{"role": "assistant", "content": ""}]
-        messages = [dict(message) for message in (*prompt, *answer)]
+        messages = [dict(message) for message in (*prompt, *response)]
         prompt_ids, answer_ids = self.template.encode_oneturn(self.tokenizer, messages, system or None, tools or None)
         prompt_ids, answer_ids = list(prompt_ids), list(answer_ids)
         if self.efficient_eos:
@@ -44,15 +45,15 @@ class UnsupervisedProcessor(Processor):
         out = self._empty_output()
         for index in range(len(batch["_prompt"])):
             dataset, row, drop = row_meta(batch, index)
-            prompt = batch["_prompt"][index] or []
-            if not drop and len(prompt) % 2 != 1:
-                drop = INVALID_TURNS
+            prompt, response = batch["_prompt"][index] or [], batch["_response"][index] or []
+            if not drop:
+                drop = turn_problem(prompt, response) or next(iter(empty_turns(prompt, response)), "")
             if drop:
                 self._add_drop(out, dataset, row, drop)
                 continue
             check_text_only(batch, index)
             system = batch["_system"][index] if "_system" in batch else None
             tools = batch["_tools"][index] if "_tools" in batch else None
-            input_ids, labels = self.encode(prompt, batch["_response"][index] or [], system, tools)
+            input_ids, labels = self.encode(prompt, response, system, tools)
             self._add_row(out, dataset, row, input_ids=input_ids, attention_mask=[1] * len(input_ids), labels=labels)
         return out
