@@ -15,7 +15,6 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "data"
-SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+BUNDLED_DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -61,8 +61,6 @@ def data_dir(tmp_path) -> Callable[..., Path]:
 
 
 @pytest.fixture()
-def shared_data() -> Path:
-    """LLaMA-Factory's demo data folder next to the repo; the test is skipped when it is absent."""
-    if not (SHARED_DATA / "dataset_info.json").is_file():
-        pytest.skip(f"{SHARED_DATA} is not available")
-    return SHARED_DATA
+def bundled_data() -> Path:
+    """The repository's own demo data folder (data/), in LLaMA-Factory's layout."""
+    return BUNDLED_DATA

@@ -18,7 +18,7 @@ import pytest
 from lmforge.cli import main
 from lmforge.data.reasons import explain
 from lmforge.utils.logging import get_logger
-from tests.conftest import DATA_DIR, REPO_ROOT, SHARED_DATA_DIR
+from tests.conftest import DATA_DIR, REPO_ROOT
 
 SHAREGPT = {"formatting": "sharegpt", "columns": {"messages": "conversations"}}
 USER = "<|start_header_id|>user<|end_header_id|>\n\n"
@@ -432,18 +432,16 @@ resume_from_checkpoint: null
 
 
 def test_llama_factory_config_and_data_check_without_drops(capsys, tiny_llama_dir, tmp_path):
-    if not (SHARED_DATA_DIR / "dataset_info.json").is_file():
-        pytest.skip(f"{SHARED_DATA_DIR} is not available")
     config = tmp_path / "llama3_lora_sft.yaml"
     config.write_text(LLAMA_FACTORY_CONFIG, encoding="utf-8")
     # Only the model (a tiny local one), the data folder and, for speed, the amount of work are overridden.
     code, out, _ = run(capsys, "check", str(config), f"model_name_or_path={tiny_llama_dir}",
-                       f"dataset_dir={SHARED_DATA_DIR}", "max_samples=200", "preprocessing_num_workers=1", "--json")
+                       f"dataset_dir={DATA_DIR}", "max_samples=200", "preprocessing_num_workers=1", "--json")
     assert code == 0
     result = json.loads(out)
     assert result["dropped_total"] == 0
-    assert result["datasets"] == {"identity": {"rows": 91, "dropped": 0, "warnings": 0},
-                                  "alpaca_en_demo": {"rows": 200, "dropped": 0, "warnings": 0}}
+    assert result["datasets"] == {"identity": {"rows": 96, "dropped": 0, "warnings": 0},
+                                  "alpaca_en_demo": {"rows": 125, "dropped": 0, "warnings": 0}}
     assert (result["warnings"], result["unread_columns"]) == ([], [])
-    assert result["splits"]["train"]["samples"] == 291
+    assert result["splits"]["train"]["samples"] == 221
     assert result["splits"]["train"]["lengths"]["over_cutoff"] == 0

@@ -480,19 +480,19 @@ def test_media_paths_resolve_against_media_dir(data_dir, tmp_path):
     assert load(root, ["mm"])[0]["_images"] == ["cat.jpg"]  # not in dataset_dir: kept as given
 
 
-# ---- LLaMA-Factory's demo data ------------------------------------------------------------------
+# ---- the bundled demo data (LLaMA-Factory's layout) ------------------------------------------------------------------
 
 
-def test_identity_and_alpaca_en_demo(shared_data):
+def test_identity_and_alpaca_en_demo(bundled_data):
     report = DropReport()
-    ds = load(shared_data, ["identity", "alpaca_en_demo"], report=report)
-    identity = json.loads((shared_data / "identity.json").read_text(encoding="utf-8"))
-    alpaca = json.loads((shared_data / "alpaca_en_demo.json").read_text(encoding="utf-8"))
+    ds = load(bundled_data, ["identity", "alpaca_en_demo"], report=report)
+    identity = json.loads((bundled_data / "identity.json").read_text(encoding="utf-8"))
+    alpaca = json.loads((bundled_data / "alpaca_en_demo.json").read_text(encoding="utf-8"))
     assert len(ds) == len(identity) + len(alpaca)
     assert ds[0] == {
         "_prompt": [user("hi")],
         "_response": [
-            assistant("Hello! I am {{name}}, an AI assistant developed by {{author}}. How can I assist you today?")
+            assistant("Hi there! I'm {{name}}, an AI assistant built by {{author}}. What can I do for you?")
         ],
         "_system": "",
         "_tools": "",

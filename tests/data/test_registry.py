@@ -146,11 +146,11 @@ def test_registered_formatting_is_valid():
     assert spec.formatting == "test_registry_fmt"
 
 
-def test_shared_dataset_info_parses(shared_data):
+def test_bundled_dataset_info_parses(bundled_data):
     import json
 
-    names = list(json.loads((shared_data / "dataset_info.json").read_text()))
-    specs = get_dataset_specs(names, str(shared_data))
+    names = list(json.loads((bundled_data / "dataset_info.json").read_text()))
+    specs = get_dataset_specs(names, str(bundled_data))
     assert [s.name for s in specs] == names
     assert all(s.load_from == "file" for s in specs)
 
