@@ -39,9 +39,15 @@ CASES = [
     ("negative learning rate", ["train", *TRAIN, "dataset=good", "learning_rate=-1"], 1, "lmforge train: error: "
      "Config error: 'learning_rate' must be positive, got -1.0."),
     ("misspelt stage", ["train", *TRAIN, "dataset=good", "stage=sftt"], 1, "lmforge train: error: Config error: "
-     "'stage' is 'sftt', which is not one of: pt, sft. Did you mean 'sft'?"),
-    ("stage not available", ["train", *TRAIN, "dataset=good", "stage=dpo"], 1, "lmforge train: error: Config error: "
-     "'stage' is 'dpo', which is not available in this version of lmforge; available stages: pt, sft."),
+     "'stage' is 'sftt', which is not one of: pt, sft, dpo, kto. Did you mean 'sft'?"),
+    ("stage not available", ["train", *TRAIN, "dataset=good", "stage=ppo"], 1, "lmforge train: error: Config error: "
+     "'stage' is 'ppo', which is not available in this version of lmforge; available stages: pt, sft, dpo, kto."),
+    ("sft data for dpo", ["train", *TRAIN, "dataset=good", "stage=dpo"], 1, "lmforge train: error: Stage 'dpo' needs "
+     "preference data, but dataset 'good' has no `ranking: true` in {w}/d/dataset_info.json. Use a dataset with "
+     "chosen/rejected answers and set \"ranking\": true (plus its chosen/rejected columns)."),
+    ("kto without kto_tag", ["train", *TRAIN, "dataset=good", "stage=kto"], 1, "lmforge train: error: Stage 'kto' "
+     "needs feedback data, but dataset 'good' maps no `kto_tag` column in {w}/d/dataset_info.json. Add \"kto_tag\": "
+     "\"<column>\" to its `columns` (true when the answer is desirable, false when not)."),
     ("misspelt template", ["train", *TRAIN, "dataset=good", "template=lama3"], 1, "lmforge train: error: Config "
      "error: unknown template 'lama3'. Did you mean 'llama3'? Run `lmforge templates` to list them."),
     ("fine-tuning type", ["train", *TRAIN, "dataset=good", "finetuning_type=qlora"], 1, "lmforge train: error: Config "

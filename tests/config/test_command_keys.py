@@ -86,7 +86,8 @@ def test_help_chat_lists_only_what_chat_reads(capsys):
 def test_help_train_and_data(capsys):
     train = flat(help_keys(capsys, "train"))
     assert {"learning_rate", "lora_rank", "cutoff_len", "max_new_tokens", "tokenized_path", "infer_backend"} <= train
-    assert not train & {"system", "vllm_maxlen", "pref_beta", "max_length", "export_dir"}
+    assert not train & {"system", "vllm_maxlen", "ppo_epochs", "max_length", "export_dir"}
+    assert {"pref_beta", "pref_loss", "ref_model"} <= train  # the dpo and kto stages
     data = help_keys(capsys, "data")
     assert "generation" not in data  # a group the command reads nothing of is left out
     assert {"dataset", "cutoff_len", "template", "seed", "stage"} <= flat(data)
@@ -211,8 +212,8 @@ def test_no_warning_for_keys_read_or_left_at_their_default(warnings_logged):
 
 def test_data_takes_a_training_config(warnings_logged):
     parse_config("data", [*BASE, "learning_rate=1e-4", "lora_rank=16", "dataloader_persistent_workers=true",
-                          "pref_beta=0.5"])
-    assert warnings_logged == ["'pref_beta' is not used by `lmforge data`; it is ignored."]
+                          "ppo_epochs=2"])
+    assert warnings_logged == ["'ppo_epochs' is not used by `lmforge data`; it is ignored."]
     assert CONFIG_OF["data"] == "train"
     with pytest.raises(ConfigError, match="'bf16' and 'fp16' cannot both be true."):
         parse_config("data", [*BASE, "bf16=true", "fp16=true"])  # checked as `lmforge train` checks it
@@ -234,7 +235,7 @@ def test_unimplemented_stage_is_refused(command):
     with pytest.raises(ConfigError) as err:
         parse_config(command, [*BASE, "stage=ppo"] if command in ("train", "data") else ["model_name_or_path=m",
                                                                                           "stage=ppo"])
-    assert "'stage' is 'ppo', which is not available in this version of lmforge; available stages: pt, sft." in str(
+    assert "'stage' is 'ppo', which is not available in this version of lmforge; available stages: pt, sft, dpo, kto." in str(
         err.value)
 
 

@@ -89,7 +89,7 @@ def test_all_problems_reported_together():
     for expected in [
         "unknown key 'lora_targte'. Did you mean 'lora_target'?",
         "'cutoff_len': expected an integer, got 'abc'.",
-        "'stage' is 'sftt', which is not one of: pt, sft. Did you mean 'sft'?",
+        "'stage' is 'sftt', which is not one of: pt, sft, dpo, kto. Did you mean 'sft'?",
         "'model_name_or_path' is required",
         "'output_dir' is required",
         "'do_train' needs 'dataset'",
@@ -120,9 +120,14 @@ def test_all_problems_reported_together():
         (["use_galore=true"], "'use_galore' is not supported by lmforge"),
         (["do_eval=true"], "'do_eval'/'do_predict' need 'eval_dataset' or a 'val_size' above 0."),
         (["template=qwen-3"], "unknown template 'qwen-3'. Did you mean 'qwen3'? Run `lmforge templates` to list them."),
-        (["stage=dpo"], "'stage' is 'dpo', which is not available in this version of lmforge; available stages: pt, sft."),
-        (["stage=kto"], "'stage' is 'kto', which is not available in this version of lmforge; available stages: pt, sft."),
-        (["stage=dpoo"], "'stage' is 'dpoo', which is not one of: pt, sft. Did you mean 'dpo'?"),
+        (["stage=rm"], "'stage' is 'rm', which is not available in this version of lmforge; available stages: pt, sft, "
+         "dpo, kto."),
+        (["stage=ppo"], "'stage' is 'ppo', which is not available in this version of lmforge; available stages: pt, "
+         "sft, dpo, kto."),
+        (["stage=dpoo"], "'stage' is 'dpoo', which is not one of: pt, sft, dpo, kto. Did you mean 'dpo'?"),
+        (["stage=dpo", "pref_loss=orp"], "'pref_loss' is 'orp', which is not one of: sigmoid, hinge, ipo, kto_pair, "
+         "orpo, simpo. Did you mean 'orpo'?"),
+        (["stage=kto", "pref_beta=0"], "'pref_beta' must be positive, got 0.0."),
     ],
 )
 def test_cross_field_rules(extra, expected):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.api.serving import free_port
+from tests.webui.browser import chromium
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"]
 STARTUP_TIMEOUT_S = 240  # import torch + gradio and load the model, on a busy 2-core machine
 ANSWER_TIMEOUT_MS = 60_000
 
@@ -35,7 +33,8 @@ def running_webchat(run_dir: Path, tmp: Path) -> Iterator[dict]:
     env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1",
                GRADIO_TEMP_DIR=str(tmp / "gradio"), TMPDIR=str(tmp), MPLCONFIGDIR=str(tmp / "matplotlib"),
                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    for name in ("GRADIO_SERVER_NAME", "GRADIO_SHARE"):  # the defaults are under test
+    # The defaults are under test (no login on loopback): the developer's own settings must not leak in.
+    for name in ("GRADIO_SERVER_NAME", "GRADIO_SHARE", "GRADIO_AUTH", "GRADIO_AUTH_FILE", "GRADIO_ALLOW_UNAUTHENTICATED"):
         env.pop(name, None)
     log_path = tmp / "webchat.log"
     command = [sys.executable, "-m", "lmforge", "webchat", f"model_name_or_path={run_dir}", "do_sample=false"]
@@ -77,22 +76,12 @@ def webchat(quickstart_run, tmp_path_factory):
 @contextlib.contextmanager
 def chromium_page(url: str):
     """A headless Debian Chromium page on `url`; fails the test if Chromium is not installed."""
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.access(executable, os.X_OK):
-        pytest.fail("Chromium is not installed, and these tests drive the page in a real browser. Install it "
-                    "with `apt-get update && apt-get install -y chromium` (as root); do not run `playwright install`.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(30_000)
-            page.goto(url)
-            page.locator("#send").wait_for()
-            yield page
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        page.locator("#send").wait_for()
+        yield page
 
 
 # Records every distinct text the last assistant message shows, as the DOM changes.

@@ -46,6 +46,14 @@ class ExportArguments:
     export_hub_model_id: str | None = field(
         default=None, metadata={"help": "Push the export to this hub repo.", "read_by": (EXPORT,)}
     )
+    export_hub_private: bool = field(
+        default=True,
+        metadata={
+            "help": "Create the export_hub_model_id repo private (lmforge's key; false: public). An existing repo "
+            "keeps its visibility.",
+            "read_by": (EXPORT,),
+        },
+    )
     export_format: list[str] = field(
         default_factory=lambda: ["safetensors"],
         metadata={

@@ -8,7 +8,8 @@ from lmforge.config.readers import DATASET, MODEL, SERVING, TRAINING
 
 # Every LLaMA-Factory stage name (for the did-you-mean of a misspelt stage), and the ones lmforge runs.
 STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")
-IMPLEMENTED_STAGES = ("pt", "sft")
+IMPLEMENTED_STAGES = ("pt", "sft", "dpo", "kto")
+PREF_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")  # the dpo stage's losses
 FINETUNING_TYPES = ("lora", "freeze", "full")
 
 
@@ -18,7 +19,7 @@ class FinetuningArguments:
 
     stage: str = field(
         default="sft",
-        metadata={"help": "Training stage: pt or sft.", "read_by": (DATASET, TRAINING, SERVING)},
+        metadata={"help": "Training stage: pt, sft, dpo (pref_loss: sigmoid, hinge, ipo, kto_pair, orpo, simpo) or kto.", "read_by": (DATASET, TRAINING, SERVING)},
     )
     finetuning_type: str = field(
         default="lora", metadata={"help": "lora, freeze or full.", "read_by": (MODEL, TRAINING)}
@@ -82,25 +83,25 @@ class FinetuningArguments:
     include_effective_tokens_per_second: bool = field(
         default=False, metadata={"help": "Report effective tokens/s.", "read_by": ()}
     )
-    # LLaMA-Factory's settings of the stages lmforge does not implement (rm, ppo, dpo, kto): accepted, not read.
-    pref_beta: float = field(default=0.1, metadata={"help": "Preference losses: beta.", "read_by": ()})
-    pref_ftx: float = field(default=0.0, metadata={"help": "Preference losses: SFT loss weight.", "read_by": ()})
+    # Preference stages (dpo, kto). The rm and ppo settings below are accepted and not read until those stages land.
+    pref_beta: float = field(default=0.1, metadata={"help": "Preference losses: beta.", "read_by": (TRAINING,)})
+    pref_ftx: float = field(default=0.0, metadata={"help": "Preference losses: SFT loss weight.", "read_by": (TRAINING,)})
     pref_loss: str = field(
         default="sigmoid",
-        metadata={"help": "Preference loss: sigmoid, hinge, ipo, kto_pair, orpo, simpo.", "read_by": ()},
+        metadata={"help": "Preference loss: sigmoid, hinge, ipo, kto_pair, orpo, simpo.", "read_by": (TRAINING,)},
     )
-    dpo_label_smoothing: float = field(default=0.0, metadata={"help": "DPO label smoothing.", "read_by": ()})
-    kto_chosen_weight: float = field(default=1.0, metadata={"help": "KTO: weight of desirable samples.", "read_by": ()})
+    dpo_label_smoothing: float = field(default=0.0, metadata={"help": "DPO label smoothing.", "read_by": (TRAINING,)})
+    kto_chosen_weight: float = field(default=1.0, metadata={"help": "KTO: weight of desirable samples.", "read_by": (TRAINING,)})
     kto_rejected_weight: float = field(
-        default=1.0, metadata={"help": "KTO: weight of undesirable samples.", "read_by": ()}
+        default=1.0, metadata={"help": "KTO: weight of undesirable samples.", "read_by": (TRAINING,)}
     )
-    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO: target reward margin.", "read_by": ()})
-    ref_model: str | None = field(default=None, metadata={"help": "Reference model for DPO/KTO.", "read_by": ()})
+    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO: target reward margin.", "read_by": (TRAINING,)})
+    ref_model: str | None = field(default=None, metadata={"help": "Reference model for DPO/KTO (default: the policy without its LoRA adapters, or a copy of the base).", "read_by": (TRAINING,)})
     ref_model_adapters: str | None = field(
-        default=None, metadata={"help": "Adapters of the reference model.", "read_by": ()}
+        default=None, metadata={"help": "Adapters of the reference model (comma-separated), merged into it.", "read_by": (TRAINING,)}
     )
     ref_model_quantization_bit: int | None = field(
-        default=None, metadata={"help": "Quantize the reference model.", "read_by": ()}
+        default=None, metadata={"help": "Quantize the reference model.", "read_by": (TRAINING,)}
     )
     reward_model: str | None = field(default=None, metadata={"help": "Reward model for PPO.", "read_by": ()})
     reward_model_adapters: str | None = field(

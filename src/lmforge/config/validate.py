@@ -13,7 +13,7 @@ from dataclasses import fields
 
 from lmforge.config.data import MIX_STRATEGIES
 from lmforge.config.export import EXPORT_FORMATS, GGUF_TYPES
-from lmforge.config.finetune import FINETUNING_TYPES, IMPLEMENTED_STAGES, STAGES
+from lmforge.config.finetune import FINETUNING_TYPES, IMPLEMENTED_STAGES, PREF_LOSSES, STAGES
 from lmforge.config.readers import DATASET, EVAL, EXPORT, MODEL, TEMPLATE, TRAINING
 from lmforge.config.run import COMMAND_GROUPS, GROUPS, RunConfig, checked_readers, read_by
 from lmforge.errors import did_you_mean
@@ -129,6 +129,13 @@ def _check_common(cfg: RunConfig, readers: frozenset[str], template_names: Colle
             )
     if _reads(readers, "data", "cutoff_len") and data.cutoff_len <= 0:
         problems.append(f"'cutoff_len' must be a positive number of tokens, got {data.cutoff_len}.")
+    if _reads(readers, "finetune", "pref_loss"):
+        if ft.stage == "dpo":
+            _choice(problems, "pref_loss", ft.pref_loss, PREF_LOSSES)
+        if ft.stage in ("dpo", "kto") and ft.pref_beta <= 0:
+            problems.append(f"'pref_beta' must be positive, got {ft.pref_beta}.")
+        if ft.ref_model_adapters and not ft.ref_model:
+            problems.append("'ref_model_adapters' needs 'ref_model': the base model the adapters belong to.")
 
 
 def _check_dataset(cfg: RunConfig, problems: list[str]) -> None:

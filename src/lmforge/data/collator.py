@@ -150,3 +150,61 @@ class PretrainDataCollator:
         attention_mask = pad_sequences([[1] * length for length in lengths], 0, side, multiple)
         labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@dataclass
+class PairwiseDataCollator:
+    """Preference pairs as one batch of 2B rows: the B chosen sequences first, then the B rejected ones.
+
+    One forward pass then scores both halves; `split` (chosen, rejected) is `batch_size // 2`.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = 8
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, **kwargs: Any) -> PairwiseDataCollator:
+        """Build a collator that pads with the tokenizer's pad token (its eos when it has no pad)."""
+        return cls(pad_token_id=_pad_token_id(tokenizer), **kwargs)
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Return `input_ids`, `attention_mask` and `labels` of shape (2B, L)."""
+        ids, masks, labels = [], [], []
+        for kind in ("chosen", "rejected"):
+            for feature in features:
+                ids.append(feature[f"{kind}_input_ids"])
+                masks.append(feature[f"{kind}_attention_mask"])
+                labels.append(feature[f"{kind}_labels"])
+        multiple = self.pad_to_multiple_of
+        return {
+            "input_ids": pad_sequences(ids, self.pad_token_id, "right", multiple),
+            "attention_mask": pad_sequences(masks, 0, "right", multiple),
+            "labels": pad_sequences(labels, IGNORE_INDEX, "right", multiple),
+        }
+
+
+@dataclass
+class FeedbackDataCollator:
+    """KTO rows: the answers and their mismatched KL pairs, each padded, plus the desirability tags."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = 8
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, **kwargs: Any) -> FeedbackDataCollator:
+        """Build a collator that pads with the tokenizer's pad token (its eos when it has no pad)."""
+        return cls(pad_token_id=_pad_token_id(tokenizer), **kwargs)
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Return `input_ids`/`attention_mask`/`labels`, their `kl_` twins and `kto_tags` (bool, B)."""
+        multiple = self.pad_to_multiple_of
+        batch: dict[str, torch.Tensor] = {}
+        for prefix in ("", "kl_"):
+            batch[f"{prefix}input_ids"] = pad_sequences([f[f"{prefix}input_ids"] for f in features],
+                                                        self.pad_token_id, "right", multiple)
+            batch[f"{prefix}attention_mask"] = pad_sequences([f[f"{prefix}attention_mask"] for f in features], 0,
+                                                             "right", multiple)
+            batch[f"{prefix}labels"] = pad_sequences([f[f"{prefix}labels"] for f in features], IGNORE_INDEX,
+                                                     "right", multiple)
+        batch["kto_tags"] = torch.tensor([bool(f["kto_tags"]) for f in features])
+        return batch

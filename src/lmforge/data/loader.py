@@ -57,7 +57,7 @@ def load_aligned_datasets(
     """Load `names` from `data_args.dataset_dir`, convert them to aligned rows and mix them.
 
     Dropped rows are counted into `report`. With `stage` (pt, sft, rm, dpo, kto, ppo) a preference
-    dataset is required for rm/dpo and refused otherwise. Returns None when `names` is empty.
+    dataset is required for rm/dpo and refused otherwise, and a `kto_tag` dataset likewise for kto. Returns None when `names` is empty.
     """
     specs = get_dataset_specs(names, data_args.dataset_dir)
     if not specs:
@@ -88,6 +88,16 @@ def load_aligned_dataset(
         raise UserError(
             f"Stage '{stage}' needs preference data, but dataset '{spec.name}' has no `ranking: true` in {spec.where}. "
             'Use a dataset with chosen/rejected answers and set "ranking": true (plus its chosen/rejected columns).'
+        )
+    if stage is not None and bool(spec.columns.kto_tag) != (stage == "kto"):
+        if stage == "kto":
+            raise UserError(
+                f"Stage 'kto' needs feedback data, but dataset '{spec.name}' maps no `kto_tag` column in {spec.where}. "
+                'Add "kto_tag": "<column>" to its `columns` (true when the answer is desirable, false when not).'
+            )
+        raise UserError(
+            f"Dataset '{spec.name}' is KTO feedback data (a `kto_tag` column in {spec.where}) and cannot train "
+            f"stage '{stage}'; use it with stage kto, or remove `kto_tag` from its `columns`."
         )
     report = report if report is not None else DropReport()
     raw = load_source(spec, data_args)

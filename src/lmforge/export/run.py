@@ -72,7 +72,7 @@ def run_export(cfg: RunConfig) -> Path:
         raise
     logger.info(f"Exported to {export_dir}")
     if export.export_hub_model_id:
-        push_to_hub(export_dir, export.export_hub_model_id, cfg.model.hf_hub_token)
+        push_to_hub(export_dir, export.export_hub_model_id, cfg.model.hf_hub_token, private=export.export_hub_private)
     return export_dir
 
 
@@ -133,6 +133,7 @@ def _write_export_file(cfg: RunConfig, merged, folder: Path, files: list[str]) -
     from lmforge import __version__
     from lmforge.export.gguf import gguf_file_name
     from lmforge.utils.atomic import write_json_atomic
+    from lmforge.utils.secrets import without_secrets
 
     export = cfg.export
     gguf = "gguf" in export.export_format
@@ -148,7 +149,7 @@ def _write_export_file(cfg: RunConfig, merged, folder: Path, files: list[str]) -
         "gguf_type": export.gguf_type if gguf else None,
         "quantization_bit": export.export_quantization_bit,
         "files": [*files, EXPORT_FILE],
-        "config": cfg.to_flat_dict(only_set=True),
+        "config": without_secrets(cfg.to_flat_dict(only_set=True)),  # shipped with the model: never a token
     })
 
 
@@ -161,15 +162,18 @@ def _readable_by_all(folder: Path) -> None:
             os.chmod(path, 0o666 & ~mask)
 
 
-def push_to_hub(folder: Path, repo_id: str, token: str | None) -> None:
-    """Upload the export folder to the hub repo `repo_id` (created if missing)."""
+def push_to_hub(folder: Path, repo_id: str, token: str | None, private: bool = True) -> None:
+    """Upload the export folder to the hub repo `repo_id`, created private (unless `private` is False) if missing.
+
+    An existing repo keeps its visibility (`create_repo` with exist_ok leaves it as it is).
+    """
     from huggingface_hub import HfApi
 
     try:
         api = HfApi(token=token)
-        api.create_repo(repo_id, exist_ok=True)
+        url = api.create_repo(repo_id, exist_ok=True, private=private)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload model exported by lmforge")
     except Exception as err:  # network, auth and offline errors all mean the same to the user
         raise UserError(f"The export in '{folder}' is complete, but pushing it to the hub repo '{repo_id}' failed: "
                         f"{str(err).splitlines()[0]}") from None
-    logger.info(f"Pushed {folder} to https://huggingface.co/{repo_id}")
+    logger.info(f"Pushed {folder} to {url}")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import copyreg
 import dataclasses
 import os
 from typing import TYPE_CHECKING
 
+from transformers import Seq2SeqTrainingArguments
+
 from lmforge.errors import UserError
+from lmforge.utils.secrets import is_secret
 
 if TYPE_CHECKING:
     from lmforge.config import RunConfig
@@ -15,10 +20,36 @@ if TYPE_CHECKING:
 _OWN_FIELDS = {"hf_passthrough", "overwrite_output_dir", "evaluation_strategy", "warmup_ratio", "logging_dir"}
 
 
+class TrainingArgumentsWithoutSecrets(Seq2SeqTrainingArguments):
+    """Seq2SeqTrainingArguments that never write a token to disk, however the Trainer saves them.
+
+    The Trainer pickles its arguments into `training_args.bin` of every checkpoint and of the final
+    folder (and of the folders it pushes to the hub). What is pickled here is a plain
+    Seq2SeqTrainingArguments (loadable without lmforge) whose token fields (`hub_token`) are None.
+    The object in memory, and its copies, keep them, so a `push_to_hub` run still authenticates.
+    """
+
+    def __reduce_ex__(self, protocol):
+        state = {name: None if is_secret(name) else value for name, value in self.__dict__.items()}
+        # copyreg's own reconstructor: pickle's __newobj__ would insist on the object's exact class.
+        return copyreg._reconstructor, (Seq2SeqTrainingArguments, object, None), state
+
+    # copy and deepcopy fall back on __reduce_ex__: they must not lose the token nor the class.
+    def __copy__(self):
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo):
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+
 def build_training_args(cfg: RunConfig, resume_from: str | None):
     """Seq2SeqTrainingArguments for this run (non-padding token counting on, our own progress bar)."""
     import torch
-    from transformers import Seq2SeqTrainingArguments
 
     train = cfg.train
     kwargs = {f.name: getattr(train, f.name) for f in dataclasses.fields(train) if f.name not in _OWN_FIELDS}
@@ -64,7 +95,7 @@ def build_training_args(cfg: RunConfig, resume_from: str | None):
         raise RuntimeError(f"lmforge bug: {', '.join(map(repr, unknown))} reached Seq2SeqTrainingArguments, which "
                            "has no such field; add it to _OWN_FIELDS in lmforge/train/args.py or stop passing it.")
     try:
-        return Seq2SeqTrainingArguments(**kwargs)
+        return TrainingArgumentsWithoutSecrets(**kwargs)
     except (ValueError, TypeError) as err:
         raise UserError(f"Invalid training settings: {str(err).splitlines()[0]}") from None
 

@@ -23,6 +23,7 @@ PROGRESS_MODES = ("bar", "lines", "off")
 LINE_EVERY_FRACTION = 0.05  # of the steps
 LINE_EVERY_SECONDS = 60.0
 
+_STAGE_METRICS = ("rewards/", "logps/", "kl", "eval_rewards/", "eval_logps/", "eval_kl")
 _FROM_LOG = {"loss": "loss", "eval_loss": "eval_loss", "predict_loss": "predict_loss",
              "reward": "rewards/chosen", "accuracy": "rewards/accuracies", "lr": "learning_rate", "epoch": "epoch"}
 
@@ -109,6 +110,8 @@ class LogCallback(TrainerCallback):
         for key, source in _FROM_LOG.items():
             if logs.get(source) is not None:
                 record[key] = logs[source]
+        # The preference stages' metrics also under trl's own names (rewards/margins, logps/chosen, kl, ...).
+        record.update({k: v for k, v in logs.items() if k.startswith(_STAGE_METRICS) and v is not None})
         record["percentage"] = round(state.global_step / state.max_steps * 100, 2) if state.max_steps else 100.0
         record["elapsed_time"] = _hms(elapsed)
         record["remaining_time"] = _hms(remaining)

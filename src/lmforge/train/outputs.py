@@ -7,6 +7,8 @@ folder and renamed into place (see `trainer.py`), so every `checkpoint-N/` is co
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
 from lmforge.model.resolve import RUN_FILE, absolute_if_local
-from lmforge.utils.atomic import remove_staging, write_json_atomic
+from lmforge.utils.atomic import remove_partial_json, remove_staging, write_json_atomic
 from lmforge.utils.logging import get_logger
+from lmforge.utils.secrets import without_secrets
 
 if TYPE_CHECKING:
     from lmforge.config import RunConfig
@@ -38,12 +41,15 @@ def prepare_output_dir(cfg: RunConfig) -> str | None:
     """Decide how the run starts; return the checkpoint to resume from, or None for a fresh start."""
     train = cfg.train
     out = Path(train.output_dir)
-    # A staging folder is a checkpoint or final save interrupted before its rename: never complete.
+    # A staging folder is a checkpoint or final save interrupted before its rename: never complete;
+    # so is the temporary file of a JSON write interrupted before its rename.
     remove_staging(out)
+    remove_partial_json(out)
     if train.resume_from_checkpoint:
         path = Path(train.resume_from_checkpoint)
         if not (path / "trainer_state.json").is_file():
             raise UserError(f"resume_from_checkpoint '{path}' is not a checkpoint folder (no trainer_state.json in it).")
+        trim_log(out, path)
         return str(path)
     if not train.do_train:
         return None
@@ -61,6 +67,7 @@ def prepare_output_dir(cfg: RunConfig) -> str | None:
     found = checkpoints(out)
     if found:
         logger.info(f"Resuming from {found[-1]} (found in output_dir); set overwrite_output_dir: true to start over.")
+        trim_log(out, found[-1])
         return str(found[-1])
     leftovers = [p.name for p in out.iterdir()] if out.is_dir() else []
     unknown = [n for n in leftovers if n not in (LOG_FILE, "runs", "running_log.txt", "training_args.yaml")]
@@ -70,6 +77,30 @@ def prepare_output_dir(cfg: RunConfig) -> str | None:
             "Set overwrite_output_dir: true to replace it, or choose another output_dir."
         )
     return None
+
+
+def trim_log(output_dir: Path, checkpoint: Path) -> None:
+    """Keep the log lines written up to the checkpoint: the resumed run logs what came after it again.
+
+    Without this, the steps between the checkpoint and the kill would appear twice in
+    trainer_log.jsonl (and in the loss curves read from it). The Trainer records every log in its
+    state's `log_history` as LogCallback writes it as one line, so the checkpoint's history length
+    is the number of lines that belong to it. A last line cut short by the kill goes too.
+    """
+    path, state_file = output_dir / LOG_FILE, checkpoint / "trainer_state.json"
+    if not path.is_file() or not state_file.is_file():
+        return
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept[: len(state.get("log_history", []))]), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def write_run_file(cfg: RunConfig, output_dir: Path, template_name: str | None, extra: dict | None = None) -> None:
@@ -84,7 +115,7 @@ def write_run_file(cfg: RunConfig, output_dir: Path, template_name: str | None, 
         "model_name_or_path": absolute_if_local(cfg.model.model_name_or_path),
         "adapter_name_or_path": [absolute_if_local(p) for p in cfg.model.adapter_name_or_path or []] or None,
         "template": template_name,
-        "config": cfg.to_flat_dict(),
+        "config": without_secrets(cfg.to_flat_dict()),  # tokens never reach a file
     }
     if extra:
         data.update(extra)

@@ -1,4 +1,4 @@
-"""Run one training configuration: check the output_dir, then the stage's workflow (pt or sft)."""
+"""Run one training configuration: check the output_dir, then the stage's workflow (pt, sft, dpo, kto)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
         from lmforge.train.sft import run_sft
 
         return run_sft(cfg, resume_from, callbacks)
+    if cfg.finetune.stage in ("dpo", "kto"):
+        from lmforge.train.dpo import run_preference
+
+        return run_preference(cfg, resume_from, callbacks)
     from lmforge.train.pt import run_pt
 
     return run_pt(cfg, resume_from, callbacks)

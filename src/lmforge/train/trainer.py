@@ -55,6 +55,14 @@ class ForgeTrainer(Seq2SeqTrainer):
         real = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
         self.state.num_input_tokens_seen += self.accelerator.gather(real).sum().item()
 
+    def _run_epoch(self, *args, **kwargs):
+        # transformers 5 trains a batch before it checks max_steps: resumed from a checkpoint taken at
+        # the last step (a run killed while writing its final weights), it would train one step past the end.
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _save_checkpoint(self, model, trial):
         final_dir = Path(self.args.output_dir)
         name = f"checkpoint-{self.state.global_step}"

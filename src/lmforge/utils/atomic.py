@@ -53,6 +53,13 @@ def remove_staging(folder: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def remove_partial_json(folder: Path) -> None:
+    """Delete the temporary files of `write_json_atomic` calls interrupted before their rename."""
+    for partial in folder.glob(".*.tmp") if folder.is_dir() else []:
+        if partial.is_file():
+            partial.unlink(missing_ok=True)
+
+
 def publish_files(staging: Path, output_dir: Path) -> list[str]:
     """Move every file of `staging` into `output_dir` (each move atomic), then remove `staging`."""
     names = []

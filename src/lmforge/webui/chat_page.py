@@ -8,12 +8,20 @@ value comes back from the browser in Gradio's richer message format, which the e
 
 from __future__ import annotations
 
+import html
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 
 from lmforge.errors import UserError
+from lmforge.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+GENERIC_ERROR = ("The answer could not be generated (an error on the server, reference {reference}). "
+                 "The server log has the details.")
 
 # Slider ranges (LLaMA-Factory's); a configured default outside a range widens it rather than being clipped.
 MAX_NEW_TOKENS_RANGE = (8, 4096)
@@ -74,6 +82,9 @@ def render_chat(engine) -> dict[str, Any]:
     reply = turn.then(answer, inputs, [chatbot, history], concurrency_limit=1, api_name="chat",
                       show_progress="minimal")
     reply.then(unlock, None, [query, send], queue=False, api_visibility="private")
+    # Gradio runs .then() only when the answer succeeded (gradio-app/gradio#4113): without this, an
+    # error would leave the input locked for good.
+    reply.failure(unlock, None, [query, send], queue=False, api_visibility="private")
     # Clearing (our button or the chatbot's own trash icon) also stops an answer that is still streaming:
     # its tokens would otherwise refill the chat.
     gr.on([clear.click, chatbot.clear], reset, None, [chatbot, history, query, send], cancels=[reply], queue=False,
@@ -100,6 +111,8 @@ def stream_answer(engine, messages: list[dict], system_prompt: str, max_new_toke
     """Yield the conversation after each generated piece, ending with the answer so far.
 
     An empty assistant message comes first, so that the history alternates even if nothing is generated.
+    An error becomes a message on the page (gr.Error): a UserError's own text, for any other
+    exception a generic text with a reference also written, with the traceback, to the server log.
     """
     if not messages or messages[-1]["role"] != "user":
         yield messages
@@ -114,7 +127,15 @@ def stream_answer(engine, messages: list[dict], system_prompt: str, max_new_toke
             # A fresh list each time: Gradio diffs consecutive outputs and must not see one object mutate.
             yield [*messages, {"role": "assistant", "content": text}]
     except UserError as err:
-        raise gr.Error(str(err)) from None
+        # Something the user can change (the prompt, a setting): lmforge's own message, as the CLI prints it.
+        logger.warning(f"webchat: {err}")
+        raise gr.Error(html.escape(str(err)), print_exception=False) from None
+    except Exception:
+        # A bug or a failing backend: its text may hold paths or internals, so the page gets a short
+        # message and a reference that finds the traceback in the server log.
+        reference = secrets.token_hex(4)
+        logger.exception(f"webchat: generating an answer failed (reference {reference})")
+        raise gr.Error(GENERIC_ERROR.format(reference=reference), print_exception=False) from None
 
 
 def _widen(bounds: tuple[float, float], value: float | None) -> tuple[float, float]:

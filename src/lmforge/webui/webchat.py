@@ -4,17 +4,27 @@ The page (see `chat_page`) streams each answer into the chat as it is generated 
 Where it listens comes from Gradio's usual environment variables, with safe defaults:
 GRADIO_SERVER_NAME (127.0.0.1: this machine only; set 0.0.0.0 to open it to the network),
 GRADIO_SERVER_PORT (7860) and GRADIO_SHARE (false; true asks Gradio for a public share link).
+
+The login is lmforge's (Gradio itself reads no such variable): GRADIO_AUTH=user:password, or
+GRADIO_AUTH_FILE naming a file of `user:password` lines. A page reachable from other machines
+(a non-loopback GRADIO_SERVER_NAME, or a share link) needs one: without it the command refuses to
+start, unless GRADIO_ALLOW_UNAUTHENTICATED=true says an open page is intended.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
+from lmforge.utils.logging import get_logger
 
 if TYPE_CHECKING:
     from lmforge.config import RunConfig
+
+logger = get_logger(__name__)
 
 DEFAULT_SERVER_NAME = "127.0.0.1"
 DEFAULT_SERVER_PORT = 7860
@@ -34,34 +44,104 @@ def server_settings(environ=None) -> tuple[str, int, bool]:
     if not 1 <= port <= 65535:
         raise UserError(f"GRADIO_SERVER_PORT='{port_text}' is not a port number; expected 1-65535 "
                         f"(default {DEFAULT_SERVER_PORT}).")
-    share_text = environ.get("GRADIO_SHARE", "").strip().lower()
-    if share_text not in _TRUE + _FALSE:
-        raise UserError(f"GRADIO_SHARE='{environ['GRADIO_SHARE']}' is not a yes/no value; "
-                        f"use one of: {', '.join(_TRUE + _FALSE[1:])}.")
-    return name, port, share_text in _TRUE
+    return name, port, _flag(environ, "GRADIO_SHARE")
+
+
+def _flag(environ, name: str) -> bool:
+    text = environ.get(name, "").strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise UserError(f"{name}='{environ[name]}' is not a yes/no value; use one of: {', '.join(_TRUE + _FALSE[1:])}.")
+    return text in _TRUE
+
+
+def is_loopback(server_name: str) -> bool:
+    """Whether only this machine can reach `server_name` (localhost, 127.0.0.0/8, ::1)."""
+    name = server_name.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to any interface
+
+
+def login_settings(server_name: str, share: bool, environ=None) -> list[tuple[str, str]] | None:
+    """The (user, password) pairs of GRADIO_AUTH and GRADIO_AUTH_FILE; None for an open page.
+
+    Refuses an open page that other machines can reach, unless GRADIO_ALLOW_UNAUTHENTICATED is true.
+    Messages never quote a password.
+    """
+    environ = os.environ if environ is None else environ
+    logins = []
+    pair = environ.get("GRADIO_AUTH", "")
+    if pair.strip():
+        logins.append(_login(pair, "GRADIO_AUTH"))
+    file_name = environ.get("GRADIO_AUTH_FILE", "").strip()
+    if file_name:
+        logins.extend(_read_logins(Path(file_name).expanduser()))
+    allowed = _flag(environ, "GRADIO_ALLOW_UNAUTHENTICATED")
+    if not logins and (share or not is_loopback(server_name)) and not allowed:
+        where = "a public share link (GRADIO_SHARE)" if share else f"{server_name} (reachable from other machines)"
+        raise UserError(f"lmforge webchat would serve {where} without a login. Set GRADIO_AUTH=user:password (or "
+                        "GRADIO_AUTH_FILE to a file of user:password lines), or GRADIO_ALLOW_UNAUTHENTICATED=true "
+                        "to serve it open anyway.")
+    return logins or None
+
+
+def _login(text: str, source: str) -> tuple[str, str]:
+    user, colon, password = text.strip().partition(":")
+    if not colon or not user.strip() or not password:
+        raise UserError(f"{source} is not user:password (a user name, a colon, then the password).")
+    return user.strip(), password
+
+
+def _read_logins(path: Path) -> list[tuple[str, str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise UserError(f"GRADIO_AUTH_FILE '{path}' cannot be read ({err.strerror}); give a file of user:password "
+                        "lines.") from None
+    logins = [_login(line, f"Line {number} of GRADIO_AUTH_FILE '{path}'")
+              for number, line in enumerate(lines, 1) if line.strip() and not line.lstrip().startswith("#")]
+    if not logins:
+        raise UserError(f"GRADIO_AUTH_FILE '{path}' holds no user:password line.")
+    if path.stat().st_mode & 0o077:
+        logger.warning(f"GRADIO_AUTH_FILE '{path}' can be read by other users of this machine; chmod 600 it.")
+    return logins
+
+
+def launch(page, server_name: str, server_port: int, share: bool, auth: list[tuple[str, str]] | None) -> None:
+    """Start serving `page` in the background (as `lmforge webchat` does); UserError when it cannot listen."""
+    page.queue(default_concurrency_limit=1)
+    try:
+        # run_history=False: conversations are never recorded (Gradio can upload runs to a Hub bucket).
+        # show_error=False: an exception's own text never reaches the browser; the page shows
+        # lmforge's messages (see chat_page.stream_answer) and the traceback goes to the server log.
+        page.launch(server_name=server_name, server_port=server_port, share=share, prevent_thread_lock=True,
+                    quiet=True, show_error=False, run_history=False, auth=auth,
+                    auth_message="Log in to chat with the model." if auth else None)
+    except OSError:
+        raise UserError(f"Cannot listen on {server_name}:{server_port}: the port is in use, or the address is not "
+                        "one of this machine's. Set GRADIO_SERVER_PORT to a free port (and GRADIO_SERVER_NAME to an "
+                        "address of this machine).") from None
 
 
 def serve(cfg: RunConfig) -> None:
     """Load the model of `cfg` and serve the chat page until interrupted."""
     # Checked before the model loads, so that a typo costs no waiting.
     server_name, server_port, share = server_settings()
+    auth = login_settings(server_name, share)
     from lmforge.chat.factory import create_engine
     from lmforge.webui.chat_page import build_chat_page
 
     engine = create_engine(cfg)
     heading = f"## lmforge webchat\nModel `{cfg.model.model_name_or_path}`, template `{engine.template.name}`"
     page = build_chat_page(engine, heading=heading)
-    page.queue(default_concurrency_limit=1)
-    try:
-        # run_history=False: conversations are never recorded (Gradio can upload runs to a Hub bucket).
-        page.launch(server_name=server_name, server_port=server_port, share=share, prevent_thread_lock=True,
-                    quiet=True, show_error=True, run_history=False)
-    except OSError:
-        raise UserError(f"Cannot listen on {server_name}:{server_port}: the port is in use, or the address is not "
-                        "one of this machine's. Set GRADIO_SERVER_PORT to a free port (and GRADIO_SERVER_NAME to an "
-                        "address of this machine).") from None
+    launch(page, server_name, server_port, share, auth)
     print(f"lmforge webchat: running on {page.local_url}", flush=True)
-    if server_name not in ("127.0.0.1", "localhost", "::1"):
+    if auth:
+        print(f"lmforge webchat: login required ({len(auth)} user{'s' if len(auth) > 1 else ''}).", flush=True)
+    if not is_loopback(server_name):
         print(f"lmforge webchat: listening on {server_name}: other machines can reach this page.", flush=True)
     if page.share_url:
         print(f"lmforge webchat: public share link {page.share_url}", flush=True)

@@ -44,7 +44,7 @@ __all__ = [
 
 
 def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool = False) -> Processor:
-    """Return the processor of `stage` (`pt`, or `sft`; `sft` with `do_generate` gives generation prompts).
+    """Return the processor of `stage`: pt, sft (with `do_generate`: generation prompts), rm and dpo (pairs), kto.
 
     `packing` (default: on for pt, off for sft) and `neat_packing` choose the packed variants.
     """
@@ -68,6 +68,15 @@ def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool 
         from lmforge.data.processors.supervised import SupervisedProcessor
 
         return SupervisedProcessor(data_args, template, tokenizer)
+
+    if stage in ("rm", "dpo"):
+        from lmforge.data.processors.pairwise import PairwiseProcessor
+
+        return PairwiseProcessor(data_args, template, tokenizer)
+    if stage == "kto":
+        from lmforge.data.processors.feedback import FeedbackProcessor
+
+        return FeedbackProcessor(data_args, template, tokenizer)
 
     # Validation refuses these first; this guards direct callers.
     if stage in STAGES:

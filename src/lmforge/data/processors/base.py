@@ -86,13 +86,9 @@ class Processor:
         """The `datasets.Features` of the output; pass it to `map(features=...)` if you like."""
         from datasets import Features, List, Value
 
-        types = {
-            "input_ids": int_list(),
-            "attention_mask": int_list(self.attention_dtype),
-            "labels": int_list(),
-            "position_ids": int_list(),
-        }
-        features = {name: types[name] for name in self.model_columns}
+        # Token columns, also prefixed ones (chosen_input_ids, kl_labels, ...): masks are small ints.
+        features = {name: int_list(self.attention_dtype if name.endswith("attention_mask") else "int32")
+                    for name in self.model_columns}
         features.update({"_dataset": Value("string"), "_row": Value("int64"), "_drop": Value("string")})
         flag = {"dataset": Value("string"), "row": Value("int64"), "reason": Value("string")}
         features[WARN_COLUMN] = List(flag)

@@ -1,0 +1,114 @@
+"""Preference stages learn on the tiny Llama: dpo with every pref_loss, and kto.
+
+The demo pairs follow one rule (the chosen answer is a polite "Sure! <fact>. Hope this helps!", the
+rejected one a refusal of about the same length), so a tiny model can learn it in a few steps.
+Held-out pairs (val_size) were never trained on: on them the trained policy must give the chosen
+answer a higher log-probability than the rejected one for at least 90% of pairs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.train.conftest import DATA_DIR, train
+
+LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")
+# hinge stops pushing once beta x margin reaches 1: a smaller beta asks for a wider margin.
+BETAS = {"hinge": 0.02}
+
+
+def _settings(model_dir, out, **overrides) -> list[str]:
+    settings = {
+        "model_name_or_path": model_dir, "do_train": "true", "dataset_dir": DATA_DIR, "template": "llama3",
+        "cutoff_len": 64, "output_dir": out, "per_device_train_batch_size": 4, "learning_rate": "5e-3",
+        "max_steps": 20, "logging_steps": 4, "report_to": "none", "disable_gradient_checkpointing": "true",
+        "val_size": 10, "seed": 0,
+    }
+    settings.update(overrides)
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def _pairs(model_dir, rows: list[int]):
+    """The tokenized dpo_en_demo pairs of `rows`, batched by the pairwise collator."""
+    from lmforge.commands.common import load_config
+    from lmforge.data.collator import PairwiseDataCollator
+    from lmforge.data.processors.pairwise import PairwiseProcessor
+    from lmforge.model.tokenizer import load_tokenizer_and_template
+
+    cfg = load_config("train", [f"model_name_or_path={model_dir}", "template=llama3", "stage=dpo", "output_dir=x",
+                                "dataset=dpo_en_demo", f"dataset_dir={DATA_DIR}", "cutoff_len=64", "do_train=true"])
+    tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
+    demo = json.loads((DATA_DIR / "dpo_en_demo.json").read_text())
+    processor = PairwiseProcessor(cfg.data, template, tokenizer)
+    features = []
+    for row in rows:
+        prompt = [{"role": "user", "content": demo[row]["instruction"]}]
+        chosen = {"role": "assistant", "content": demo[row]["chosen"]}
+        rejected = {"role": "assistant", "content": demo[row]["rejected"]}
+        features.append(processor.encode(prompt, chosen, rejected, None, None))
+    return tokenizer, PairwiseDataCollator.from_tokenizer(tokenizer)(features)
+
+
+def _chosen_preferred(model_dir, adapter, rows: list[int]) -> float:
+    """The share of pairs whose chosen answer the model (with `adapter`, if any) finds more likely."""
+    from lmforge.config import ModelArguments
+    from lmforge.model.adapters import load_adapters
+    from lmforge.model.loader import load_model
+    from lmforge.train.pref_losses import sequence_logps
+
+    tokenizer, batch = _pairs(model_dir, rows)
+    model = load_model(ModelArguments(model_name_or_path=str(model_dir)), tokenizer, torch.float32, trainable=False)
+    model = load_adapters(model, [str(adapter)] if adapter else [], str(model_dir), merge=False)
+    with torch.no_grad():
+        logps, _ = sequence_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                  batch["labels"])
+    half = len(rows)
+    return (logps[:half] > logps[half:]).sum().item() / half
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+
+
+def _eval_rows(model_dir, stage, dataset):
+    """Row numbers of the val_size split that the runs below hold out (the split is seeded)."""
+    from lmforge.commands.common import load_config
+    from lmforge.data.pipeline import load_aligned
+    from lmforge.data.report import DropReport
+
+    cfg = load_config("train", _settings(model_dir, "x", stage=stage, dataset=dataset))
+    return sorted(load_aligned(cfg, DropReport(), stage)["validation"]["_row"])
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_dpo_learns_the_chosen_style(loss, tiny_llama_dir, tmp_path):
+    out = tmp_path / "run"
+    train(*_settings(tiny_llama_dir, out, stage="dpo", dataset="dpo_en_demo", pref_loss=loss,
+                     pref_beta=BETAS.get(loss, 0.1)))
+    log = _log(out)
+    margins = [entry["rewards/margins"] for entry in log if "rewards/margins" in entry]
+    assert len(margins) == 5 and margins[-1] > margins[0]
+    held_out = _eval_rows(tiny_llama_dir, "dpo", "dpo_en_demo")
+    assert len(held_out) == 10
+    before = _chosen_preferred(tiny_llama_dir, None, held_out)
+    after = _chosen_preferred(tiny_llama_dir, out, held_out)
+    assert after >= 0.9 > before, (before, after)
+    run = json.loads((out / "lmforge_run.json").read_text())
+    assert (run["stage"], run["config"]["pref_loss"]) == ("dpo", loss)
+
+
+def test_kto_learns_from_single_answers(tiny_llama_dir, tmp_path):
+    out = tmp_path / "run"
+    train(*_settings(tiny_llama_dir, out, stage="kto", dataset="kto_en_demo"))
+    log = _log(out)
+    assert all("kl" in entry for entry in log if "loss" in entry)
+    rewards = [(e["rewards/chosen"], e["rewards/rejected"]) for e in log if "rewards/rejected" in e]
+    assert rewards[-1][0] - rewards[-1][1] > rewards[0][0] - rewards[0][1]
+    # kto_en_demo and dpo_en_demo share their topics row for row: the held-out topics' pairs were never seen.
+    held_out = _eval_rows(tiny_llama_dir, "kto", "kto_en_demo")
+    before = _chosen_preferred(tiny_llama_dir, None, held_out)
+    after = _chosen_preferred(tiny_llama_dir, out, held_out)
+    assert after >= 0.9 > before, (before, after)
