@@ -119,9 +119,22 @@ def preview(args, cfg, tokenizer, template) -> int:
     rows, report = _preview_rows(args, cfg)
     predicting = predicts(cfg, "eval" if args.split == "eval" else "train")
     processor = get_processor(cfg.finetune.stage, unpacked, template, tokenizer, do_generate=predicting)
-    out = processor.process({key: [row[key] for row in rows] for key in rows[0]}) if rows else {"input_ids": []}
+    out = processor.process({key: [row[key] for row in rows] for key in rows[0]}) if rows else {"_drop": []}
     samples = []
-    for i in range(len(out["input_ids"])):
+    for i in range(len(out["_drop"])):
+        sample = {"dataset": out["_dataset"][i], "row": out["_row"][i], "dropped": out["_drop"][i] or None,
+                  "warnings": [flag["reason"] for flag in out["_warn"][i]]}
+        if "chosen_input_ids" in out:  # preference pairs: both answers, each with its trained text marked
+            texts = {}
+            for kind in ("chosen", "rejected"):
+                ids, labels = list(out[f"{kind}_input_ids"][i]), list(out[f"{kind}_labels"][i])
+                texts[kind] = mark_trained(tokenizer, ids, labels)
+                sample[f"{kind}_tokens"] = len(ids)
+                sample[f"{kind}_trained_tokens"] = sum(1 for t in labels if t != IGNORE_INDEX)
+            sample.update(texts)
+            sample["text"] = f"[chosen]\n{texts['chosen']}\n[rejected]\n{texts['rejected']}"
+            samples.append(sample)
+            continue
         ids = list(out["input_ids"][i])
         labels = list(out["labels"][i]) if "labels" in out else None
         if predicting:  # the prompt, then the reference answer it is scored against
@@ -131,11 +144,10 @@ def preview(args, cfg, tokenizer, template) -> int:
         else:
             trained = sum(1 for t in labels if t != IGNORE_INDEX) if labels else len(ids)
             text = mark_trained(tokenizer, ids, labels)
-        samples.append({
-            "dataset": out["_dataset"][i], "row": out["_row"][i], "dropped": out["_drop"][i] or None,
-            "warnings": [flag["reason"] for flag in out["_warn"][i]],
-            "tokens": len(ids), "trained_tokens": trained, "text": text,
-        })
+        sample.update(tokens=len(ids), trained_tokens=trained, text=text)
+        if "kto_tags" in out:  # KTO: is this answer desirable?
+            sample["kto_tag"] = bool(out["kto_tags"][i])
+        samples.append(sample)
     skipped = _skipped(report, samples)
     if args.json:
         print(json.dumps({"template": template.name, "samples": samples, "skipped": skipped.to_dict()["drops"],
@@ -144,7 +156,13 @@ def preview(args, cfg, tokenizer, template) -> int:
     marked = "the reference answer" if predicting else "trained text"
     print(f"Template: {template.name}   cutoff_len: {data.cutoff_len}   ({marked} inside {MARK_OPEN} {MARK_CLOSE})")
     for n, sample in enumerate(samples, 1):
-        status = f"{sample['tokens']} tokens" + ("" if predicting else f", {sample['trained_tokens']} trained")
+        if "chosen" in sample:
+            status = (f"chosen {sample['chosen_tokens']} tokens, {sample['chosen_trained_tokens']} trained; rejected "
+                      f"{sample['rejected_tokens']} tokens, {sample['rejected_trained_tokens']} trained")
+        else:
+            status = f"{sample['tokens']} tokens" + ("" if predicting else f", {sample['trained_tokens']} trained")
+        if "kto_tag" in sample:
+            status += ", desirable" if sample["kto_tag"] else ", undesirable"
         if sample["dropped"]:
             status = f"dropped: {sample['dropped']}"
         if sample["warnings"]:
@@ -265,9 +283,12 @@ def check(args, cfg, tokenizer, template) -> int:
         measured = dataset.map(measure, batched=True, remove_columns=dataset.column_names, features=measure.features,
                                load_from_cache_file=False, desc=f"Measuring {name}")
         # A prediction sample is its prompt plus the reference answer (its `labels`).
+        if "chosen_input_ids" in measured.column_names:  # a pair is as long as its longer sequence
+            firsts = [max(len(c), len(r)) for c, r in zip(measured["chosen_input_ids"], measured["rejected_input_ids"])]
+        else:
+            firsts = [len(ids) for ids in measured["input_ids"]]
         extra = measured["labels"] if predicting else [()] * len(measured)
-        lengths = [len(ids) + len(more) for ids, more, drop in zip(measured["input_ids"], extra, measured["_drop"])
-                   if not drop]
+        lengths = [first + len(more) for first, more, drop in zip(firsts, extra, measured["_drop"]) if not drop]
         processor = get_processor(cfg.finetune.stage, data, template, tokenizer, do_generate=predicting)
         tokenized, dropped_tokens = tokenize_split(dataset, data, processor, report, name,
                                                    stage=PREDICT if predicting else TOKENIZE)
