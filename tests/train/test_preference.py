@@ -112,3 +112,38 @@ def test_kto_learns_from_single_answers(tiny_llama_dir, tmp_path):
     before = _chosen_preferred(tiny_llama_dir, None, held_out)
     after = _chosen_preferred(tiny_llama_dir, out, held_out)
     assert after >= 0.9 > before, (before, after)
+
+
+def test_dpo_run_plots_its_metric_and_serves_like_sft(tiny_llama_dir, tmp_path):
+    from lmforge.chat.hf_engine import HFEngine
+    from lmforge.commands.common import load_config
+
+    out = tmp_path / "run"
+    train(*_settings(tiny_llama_dir, out, stage="dpo", dataset="dpo_en_demo", max_steps=4, plot_loss="true",
+                     do_eval="true", eval_strategy="steps", eval_steps=4))
+    assert (out / "training_loss.png").is_file() and (out / "training_rewards_accuracies.png").is_file()
+    evaluated = [e for e in _log(out) if "eval_loss" in e]
+    assert evaluated and "eval_rewards/accuracies" in evaluated[-1]
+    engine = HFEngine(load_config("chat", [f"model_name_or_path={out}", "do_sample=false", "max_new_tokens=8"]))
+    assert engine.resolved.adapters == (str(out),) and engine.template.name == "llama3"
+    assert engine.chat([{"role": "user", "content": "Tell me about snow."}]).response_length > 0
+
+
+def test_freeze_dpo_uses_a_frozen_copy_of_the_base_as_reference(tiny_llama_dir, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(*_settings(tiny_llama_dir, out, stage="dpo", dataset="dpo_en_demo", max_steps=2,
+                               finetuning_type="freeze", learning_rate="1e-4"))
+    assert metrics["train_loss"] > 0
+    assert (out / "model.safetensors").is_file()
+
+
+def test_reference_adapters_of_another_architecture_are_refused(tiny_llama_dir, tiny_qwen_dir, quickstart_run,
+                                                                 tmp_path):
+    from lmforge.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        train(*_settings(tiny_llama_dir, tmp_path / "run", stage="dpo", dataset="dpo_en_demo", max_steps=1,
+                         ref_model=tiny_qwen_dir, ref_model_adapters=quickstart_run))
+    assert str(err.value) == (
+        f"Adapter '{quickstart_run}' does not fit the model '{tiny_qwen_dir}' (it was trained on {tiny_llama_dir}): "
+        "that base is a llama model, this one is a qwen2 model.")

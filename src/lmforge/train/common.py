@@ -77,8 +77,13 @@ def save_final(trainer, tokenizer, output_dir: Path) -> list[str]:
     return publish_files(staging, output_dir)
 
 
-def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_from: str | None) -> dict:
-    """Train and/or evaluate, then write weights, metrics, state, plots and the run file; return the metrics."""
+def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_from: str | None,
+           predict=None) -> dict:
+    """Train and/or evaluate, then write weights, metrics, state, plots and the run file; return the metrics.
+
+    `predict`: with do_predict, a function that writes the stage's predictions and returns their metrics
+    (before the run file, which marks the run finished).
+    """
     out = Path(cfg.train.output_dir)
     all_metrics: dict = {}
     if cfg.train.do_train:
@@ -93,9 +98,9 @@ def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_
         trainer.save_state()
         all_metrics.update(metrics)
         if cfg.finetune.plot_loss:
-            from lmforge.train.plotting import plot_losses
+            from lmforge.train.plotting import plot_keys, plot_losses
 
-            for path in plot_losses(trainer.state.log_history, out):
+            for path in plot_losses(trainer.state.log_history, out, plot_keys(cfg.finetune.stage)):
                 logger.info(f"Loss curve written to {path}")
     if cfg.train.do_eval and dataset_module.eval_dataset is not None:
         metrics = trainer.evaluate(metric_key_prefix="eval")
@@ -109,6 +114,8 @@ def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         all_metrics.update(metrics)
+    if predict is not None and cfg.train.do_predict:
+        all_metrics.update(predict())
     if cfg.train.do_train:
         write_run_file(cfg, out, template.recorded_name)
     return all_metrics

@@ -1,9 +1,19 @@
-"""Loss curves (`plot_loss: true`): training_loss.png and training_eval_loss.png, drawn with matplotlib."""
+"""Loss curves (`plot_loss: true`): training_loss.png, training_eval_loss.png and each stage's key metric
+(training_rewards_accuracies.png for dpo, ...), drawn with matplotlib."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+
+
+# What each stage plots besides its losses (LLaMA-Factory plots rewards/accuracies for dpo and kto).
+STAGE_KEYS = {"dpo": ("rewards/accuracies",), "kto": ("rewards/chosen", "kl")}
+
+
+def plot_keys(stage: str) -> tuple[str, ...]:
+    """The logged keys drawn for `stage`."""
+    return ("loss", "eval_loss", *STAGE_KEYS.get(stage, ()))
 
 
 def smooth(values: list[float]) -> list[float]:
@@ -38,7 +48,7 @@ def plot_losses(log_history: list[dict], output_dir: str | Path, keys=("loss", "
         plt.xlabel("step")
         plt.ylabel(key)
         plt.legend()
-        path = Path(output_dir) / f"training_{key}.png"
+        path = Path(output_dir) / f"training_{key.replace('/', '_')}.png"
         fig.savefig(path, format="png", dpi=100)
         plt.close(fig)
         written.append(path)
