@@ -23,7 +23,11 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     logits = logits[:, :-1, :]
     mask = labels != IGNORE_INDEX
     labels[~mask] = 0
-    per_token = torch.gather(logits.float().log_softmax(-1), 2, labels.unsqueeze(2)).squeeze(2)
+    # log p(label) = logit(label) - logsumexp(logits), one row at a time: a log_softmax of the whole batch
+    # would add a second (rows x tokens x vocabulary) float32 tensor, the largest one of a preference step.
+    picked = torch.gather(logits, 2, labels.unsqueeze(2)).squeeze(2).float()
+    normalizer = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
+    per_token = picked - normalizer
     return (per_token * mask).sum(-1), mask.sum(-1)
 
 

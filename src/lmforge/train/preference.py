@@ -61,14 +61,15 @@ class PreferenceTrainer(ForgeTrainer):
         return (loss, None) if return_outputs else loss
 
     def _dpo_loss(self, model, inputs, ft):
+        # The reference first: its logits are gone before the policy's forward pass keeps its own for backward.
+        ref = self._reference_logps(inputs) if ft.pref_loss not in NO_REFERENCE else None
         logps, lengths = self._logps(model, inputs)
         half = logps.shape[0] // 2
         averaged = ft.pref_loss in AVERAGED
         scores = logps / lengths.clamp(min=1) if averaged else logps
         chosen, rejected = scores[:half], scores[half:]
         ref_chosen = ref_rejected = None
-        if ft.pref_loss not in NO_REFERENCE:
-            ref = self._reference_logps(inputs)
+        if ref is not None:
             if averaged:
                 ref = ref / lengths.clamp(min=1)
             ref_chosen, ref_rejected = ref[:half], ref[half:]
@@ -88,11 +89,12 @@ class PreferenceTrainer(ForgeTrainer):
         return losses.mean(), metrics
 
     def _kto_loss(self, model, inputs, ft):
-        logps, lengths = self._logps(model, inputs)
-        with torch.no_grad():
-            kl_logps = self._logps(model, inputs, "kl_")[0]
+        # Everything without gradients first, so its logits are freed before the policy's forward pass.
         ref_logps = self._reference_logps(inputs)
         ref_kl_logps = self._reference_logps(inputs, "kl_")
+        with torch.no_grad():
+            kl_logps = self._logps(model, inputs, "kl_")[0]
+        logps, lengths = self._logps(model, inputs)
         desirable = inputs["kto_tags"].bool()
         losses, rewards, kl = kto_losses(logps, ref_logps, kl_logps, ref_kl_logps, desirable, ft.pref_beta,
                                          ft.kto_chosen_weight, ft.kto_rejected_weight)
