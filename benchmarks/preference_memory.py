@@ -45,11 +45,11 @@ def _dataset_dir(tmp: Path) -> Path:
     return folder
 
 
-def _run(model: Path, data: Path, out: Path, settings: dict, steps: int, batch: int) -> dict:
+def _run(model: Path, data: Path, out: Path, settings: dict, steps: int, batch: int, checkpointing: bool) -> dict:
     args = {"model_name_or_path": model, "do_train": "true", "dataset_dir": data, "template": "qwen",
             "output_dir": out, "cutoff_len": 256, "max_steps": steps, "per_device_train_batch_size": batch,
             "learning_rate": "1e-4", "logging_steps": 1, "save_steps": 10_000, "report_to": "none",
-            "disable_gradient_checkpointing": "true", **settings}
+            "disable_gradient_checkpointing": str(not checkpointing).lower(), **settings}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LMFORGE_PROGRESS": "off"}
     proc = subprocess.Popen([sys.executable, "-m", "lmforge", "train", *[f"{k}={v}" for k, v in args.items()]],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("tiny", "0.5b"), default="tiny")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--no-checkpointing", action="store_true",
+                        help="disable_gradient_checkpointing (lmforge recomputes activations by default)")
     parser.add_argument("--out")
     args = parser.parse_args()
     steps = args.steps or (20 if args.model == "tiny" else 4)
@@ -77,10 +79,12 @@ def main() -> None:
         model = build_tiny_model(tmp / "model", arch="qwen2", size=args.model)
         data = _dataset_dir(tmp)
         for name, settings in CONFIGS.items():
-            rows[name] = _run(model, data, tmp / name.split()[0].replace("(", ""), settings, steps, batch)
+            rows[name] = _run(model, data, tmp / name.split()[0].replace("(", ""), settings, steps, batch,
+                             not args.no_checkpointing)
             shutil.rmtree(tmp / name.split()[0].replace("(", ""), ignore_errors=True)
     base = rows["sft (lora)"]
-    print(f"| {args.model}, {steps} steps, batch {batch} | peak RSS GiB | x SFT | s/step | x SFT |")
+    ckpt = "no activation checkpointing" if args.no_checkpointing else "activation checkpointing"
+    print(f"| {args.model}, {steps} steps, batch {batch}, {ckpt} | peak RSS GiB | x SFT | s/step | x SFT |")
     print("|---|---|---|---|---|")
     for name, row in rows.items():
         row["rss_vs_sft"] = round(row["peak_rss_gib"] / base["peak_rss_gib"], 2)
@@ -88,6 +92,7 @@ def main() -> None:
         print(f"| {name} | {row['peak_rss_gib']} | {row['rss_vs_sft']} | {row['s_per_step']} | {row['time_vs_sft']} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"model": args.model, "steps": steps, "batch": batch, "rows": rows,
+                                              "activation_checkpointing": not args.no_checkpointing,
                                               "platform": platform.platform(), "cpus": os.cpu_count()}, indent=2))
 
 
