@@ -2,300 +2,287 @@
 
 Routes (all behind `Authorization: Bearer <api_key>` when a key is set, `/health` and `/docs`
 included, as LLaMA-Factory guards every route):
-  GET  /health                  {"status": "ok", "model": <name>}
-  GET  /v1/models               the one served model
-  GET  /v1/models/{model}       that model, or 404 model_not_found
-  POST /v1/chat/completions     non-streaming (batched with concurrent requests) or SSE streaming
+  GET  /health                  {"status": "ok", "model", "requests", "worker": {"state", "queued", ...}};
+                                503 with status "error" while the worker is not serving
+  GET  /v1/models               the served model (API_MODEL_NAME)
+  GET  /v1/models/{model}       that model
+  POST /v1/chat/completions     non-streaming or SSE streaming, both batched with concurrent requests
 
-A request must name the served model (`model_name`); any other name is a 404 `model_not_found`, as
-OpenAI answers, so a client that believes it talks to another model finds out at once.
-Generation happens in `Batcher`'s worker thread; the event loop only validates, tokenizes the prompt
-and waits, so the server keeps answering while the model works.
+Any model name is served, as LLaMA-Factory does, and answers report the name the client sent;
+with API_STRICT_MODEL_NAME=1 other names get OpenAI's 404 `model_not_found`.
+
+The event loop only admits, waits and answers: parsing a body, rendering the conversation with
+the chat template and tokenizing it run on a small thread pool, and generation in `Batcher`'s
+worker thread, so `/health` answers at once however large or busy the requests are. A request whose
+client disconnects is cancelled at once, and its rows stop generating at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import TypeAdapter, ValidationError
 
-from lmforge.api.batching import Batcher, BatcherClosed, StreamEvent
+from lmforge.api.batching import Batcher, BatcherClosed, Job
 from lmforge.api.convert import Conversation, build_message, to_conversation
-from lmforge.api.errors import ApiError, error_response, install_error_handlers, sse_error
+from lmforge.api.errors import ApiError, install_error_handlers, internal_error, validation_error
+from lmforge.api.guard import ApiKeyMiddleware, RequestGuard, request_id
+from lmforge.api.limits import (
+    Admission,
+    check_lengths,
+    check_model,
+    context_length,
+    generation_settings,
+    max_new_tokens,
+)
 from lmforge.api.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
+    ChatMessage,
     Choice,
     ModelCard,
     ModelList,
     Usage,
     completion_id,
 )
+from lmforge.api.settings import ApiSettings
+from lmforge.api.streaming import stream_response, submit_error
 from lmforge.errors import UserError
+from lmforge.utils.logging import get_logger
 
 if TYPE_CHECKING:
     from lmforge.chat.base import ChatEngine
 
+logger = get_logger(__name__)
 
-def create_app(engine: ChatEngine, model_name: str, api_key: str | None, *, max_batch_size: int = 32,
-               batch_wait_ms: float = 10.0, root_path: str = "") -> FastAPI:
-    """The API app serving `engine` as `model_name`; `api_key` (None or "": no auth) guards every route."""
-    batcher = Batcher(engine, max_batch_size=max_batch_size, wait_ms=batch_wait_ms)
+NOT_AN_OBJECT = ("The request body must be a JSON object with `model` and `messages` (sent with Content-Type: "
+                 "application/json).")
+_REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}}
+_MESSAGES = TypeAdapter(list[ChatMessage])
+_SLICE = 2000  # messages validated per call (see `parse_request`)
+
+
+def create_app(engine: ChatEngine, settings: ApiSettings | None = None) -> FastAPI:
+    """The API app serving `engine` with `settings` (defaults: `ApiSettings()`, no key, loopback)."""
+    settings = settings or ApiSettings()
+    batcher = Batcher(engine, max_batch_size=settings.max_batch_size, wait_ms=settings.batch_wait_ms)
+    admission = Admission(settings.max_concurrent_requests)
+    # Two threads: parsing and tokenizing are CPU work; more would only take cores from generation.
+    workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lmforge-api-render")
     created = int(time.time())
-    context_length = _context_length(engine)
+    context = context_length(engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        # Called from the SIGTERM handler (see server.py): queued requests get a 503 at once, while
+        # the running batch may finish within the shutdown timeout.
+        app.state.begin_shutdown = lambda: loop.call_soon_threadsafe(batcher.drain)
         yield
         batcher.close()
+        workers.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="lmforge API", version="1", root_path=root_path, lifespan=lifespan)
+    app = FastAPI(title="lmforge API", version="1", root_path=settings.root_path, lifespan=lifespan)
     app.state.batcher = batcher
     app.state.engine = engine
-    app.state.model_name = model_name
+    app.state.settings = settings
+    app.state.admission = admission
+    app.state.begin_shutdown = batcher.drain
     install_error_handlers(app)
 
-    if api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
-    # Added last, so it is the outermost layer and answers browser preflights before the key check.
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=False, allow_methods=["*"],
-                       allow_headers=["*"])
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    origins = settings.allowed_origins()
+    if origins:  # outside the key check, so that browser preflights (which carry no key) are answered
+        app.add_middleware(CORSMiddleware, allow_origins=list(origins), allow_credentials=False,
+                           allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"])
+    app.add_middleware(RequestGuard, settings=settings)  # added last: the outermost layer
 
-    card = ModelCard(id=model_name, created=created)
+    async def in_worker(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(workers, partial(fn, *args))
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": model_name}
+    async def health() -> JSONResponse:
+        worker = batcher.status()
+        ok = worker["state"] in ("idle", "generating")
+        body = {"status": "ok" if ok else "error", "model": settings.model_name, "requests": admission.active,
+                "worker": worker}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
-        return ModelList(data=[card])
+        return ModelList(data=[ModelCard(id=settings.model_name, created=created)])
 
     @app.get("/v1/models/{model:path}", response_model=ModelCard)
     async def get_model(model: str) -> ModelCard:
-        _check_model(model, model_name, param=None)
-        return card
+        check_model(model, settings, param=None)
+        return ModelCard(id=model, created=created)
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion)
-    async def chat_completions(request: ChatCompletionRequest):
-        _check_model(request.model, model_name)
-        overrides, sampling = _generation_settings(request, engine)
-        conversation = to_conversation(request)
-        use_tools = bool(conversation.tools) and request.tool_choice != "none"
-        if not use_tools:
-            conversation = Conversation(conversation.messages, conversation.system, None)
-        prompt_ids = _prompt_ids(engine, conversation)
-        overrides["max_new_tokens"] = _max_new_tokens(request, len(prompt_ids), context_length,
-                                                      engine.generating.max_new_tokens)
-        seed = request.seed if sampling else None
-        if request.stream:
-            return _streaming_response(batcher, engine, request, conversation, len(prompt_ids), overrides, seed,
-                                       use_tools, model_name, deterministic=not sampling)
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, openapi_extra=_REQUEST_BODY)
+    async def chat_completions(raw: Request):
+        rid = request_id(raw.scope)
+        release = admission.enter()
         try:
-            future = batcher.submit(prompt_ids, request.n, overrides, seed, deterministic=not sampling)
-            responses = await asyncio.wrap_future(future)
-        except BatcherClosed as err:
-            raise ApiError(503, str(err), type="server_error") from None
-        choices = []
-        for index, response in enumerate(responses):
-            message, finish = build_message(response.text, response.finish_reason, engine.template, use_tools)
-            choices.append(Choice(index=index, message=message, finish_reason=finish))
-        completion_tokens = sum(r.response_length for r in responses)
-        completion = ChatCompletion(
-            id=completion_id(), model=model_name, choices=choices,
-            usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens,
-                        total_tokens=len(prompt_ids) + completion_tokens),
-        )
-        body = completion.model_dump(mode="json")
-        for choice in body["choices"]:
-            if choice["message"]["tool_calls"] is None:
-                del choice["message"]["tool_calls"]  # OpenAI leaves the key out of plain answers
-        return JSONResponse(body)
+            body = await raw.body()
+            request = await in_worker(parse_request, raw.headers.get("content-type", ""), body)
+            check_model(request.model, settings)
+            overrides, sampling = generation_settings(request, engine, settings)
+            check_lengths(request, context, settings)
+            conversation = to_conversation(request)
+            use_tools = bool(conversation.tools) and request.tool_choice != "none"
+            if not use_tools:
+                conversation = Conversation(conversation.messages, conversation.system, None)
+            prompt_ids = await in_worker(_prompt_ids, engine, conversation, rid)
+            overrides["max_new_tokens"] = max_new_tokens(request, len(prompt_ids), context,
+                                                         engine.generating.max_new_tokens, settings)
+            seed = request.seed if sampling else None
+            if request.stream:
+                try:
+                    response = stream_response(
+                        batcher, engine, prompt_ids, n=request.n, overrides=overrides, seed=seed,
+                        deterministic=not sampling,
+                        conversation=(conversation.messages, conversation.system, conversation.tools),
+                        use_tools=use_tools, model=request.model, request_id=rid, release=release,
+                        include_usage=bool(request.stream_options and request.stream_options.include_usage))
+                except BatcherClosed as err:
+                    raise submit_error(err) from None
+                release = None  # the stream gives the slot back when it ends
+                return response
+            try:
+                job = batcher.submit(prompt_ids, request.n, overrides, seed, deterministic=not sampling,
+                                     request_id=rid)
+            except BatcherClosed as err:
+                raise submit_error(err) from None
+            responses = await _answers(raw, job)
+            if responses is None:
+                return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
+            return _completion(responses, request.model, len(prompt_ids), engine, use_tools)
+        finally:
+            if release is not None:
+                release()
 
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The route reads its body itself (after admission, off the event loop), so FastAPI does not
+        # see the request model: its schema is added here for /docs and schema-driven clients.
+        if app.openapi_schema is None:
+            schema = fastapi_openapi()
+            request_schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}-Input")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in request_schema.pop("$defs", {}).items():
+                components[f"{name}-Input"] = definition
+            components["ChatCompletionRequest"] = request_schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 
-class ApiKeyMiddleware:
-    """Refuse every HTTP request without `Authorization: Bearer <api_key>` (401 invalid_api_key).
-
-    A plain ASGI middleware: it reads only the headers, so streamed answers pass through as they are
-    (`@app.middleware("http")` would wrap every response body in a stream of its own).
-    """
-
-    def __init__(self, app, api_key: str):
-        self.app = app
-        self.api_key = api_key.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-        if not given.strip() or scheme.lower() != b"bearer":
-            err = ApiError(401, "You didn't provide an API key. Send it in an Authorization header using Bearer "
-                                "auth (Authorization: Bearer YOUR_KEY).", code="invalid_api_key")
-        elif not hmac.compare_digest(given.strip(), self.api_key):
-            err = ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-        else:
-            return await self.app(scope, receive, send)
-        await error_response(err)(scope, receive, send)
+async def _answers(raw: Request, job: Job) -> list | None:
+    """The job's answers; None (and the job cancelled) when the client disconnects first."""
+    waiter = asyncio.wrap_future(job.future)
+    gone = asyncio.ensure_future(_disconnect(raw))
+    try:
+        await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server is stopping (shutdown timeout): stop generating too
+        job.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not waiter.done():
+        job.cancel()  # the worker stops its rows and cancels its future (and with it `waiter`)
+        return None
+    try:
+        return waiter.result()
+    except BatcherClosed as err:
+        raise submit_error(err) from None
+    except Exception:  # the worker logged it with the request id
+        raise internal_error(job.request_id, "generating the answer") from None
 
 
-def _prompt_ids(engine: ChatEngine, conversation: Conversation) -> list[int]:
+async def _disconnect(raw: Request) -> None:
+    """Returns when the client has gone (the body is read, so the next message is the disconnect)."""
+    while (await raw.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _completion(responses: list, model: str, prompt_length: int, engine: ChatEngine, use_tools: bool) -> JSONResponse:
+    choices = []
+    for index, response in enumerate(responses):
+        message, finish = build_message(response.text, response.finish_reason, engine.template, use_tools)
+        choices.append(Choice(index=index, message=message, finish_reason=finish))
+    completion_tokens = sum(r.response_length for r in responses)
+    completion = ChatCompletion(id=completion_id(), model=model, choices=choices,
+                                usage=Usage(prompt_tokens=prompt_length, completion_tokens=completion_tokens,
+                                            total_tokens=prompt_length + completion_tokens))
+    body = completion.model_dump(mode="json")
+    for choice in body["choices"]:
+        if choice["message"]["tool_calls"] is None:
+            del choice["message"]["tool_calls"]  # OpenAI leaves the key out of plain answers
+    return JSONResponse(body)
+
+
+def parse_request(content_type: str, body: bytes) -> ChatCompletionRequest:
+    """The request body as a ChatCompletionRequest, or a 400 naming the problem (run off the event loop)."""
+    media = content_type.split(";")[0].strip().lower()
+    if media and not (media == "application/json" or (media.startswith("application/") and media.endswith("+json"))):
+        raise ApiError(400, NOT_AN_OBJECT)
+    if not body.strip():
+        raise ApiError(400, "The request body is missing. Send a JSON object with `model` and `messages`.")
+    try:
+        data = json.loads(body, parse_constant=_no_constant)
+    except json.JSONDecodeError as err:
+        raise ApiError(400, f"We could not parse the JSON body of your request ({err.msg}). The API expects a "
+                            "JSON object like {\"model\": ..., \"messages\": [...]}.") from None
+    except (UnicodeDecodeError, RecursionError, ValueError) as err:
+        reason = {UnicodeDecodeError: "it is not UTF-8", RecursionError: "it is nested too deeply"}.get(type(err), err)
+        raise ApiError(400, f"We could not parse the JSON body of your request ({reason}).") from None
+    try:
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if not isinstance(messages, list) or len(messages) <= _SLICE:
+            return ChatCompletionRequest.model_validate(data)
+        # Tens of thousands of messages keep pydantic busy long enough (holding the GIL) to stall the
+        # event loop; validated in slices, the loop gets its turn in between.
+        parsed: list[ChatMessage] = []
+        for start in range(0, len(messages), _SLICE):
+            try:
+                parsed += _MESSAGES.validate_python(messages[start:start + _SLICE])
+            except ValidationError as err:
+                errors = [{**e, "loc": ("messages", start + e["loc"][0], *e["loc"][1:])} for e in err.errors()]
+                raise validation_error(errors) from None
+        request = ChatCompletionRequest.model_validate({**data, "messages": []})
+        request.messages = parsed
+        return request
+    except ValidationError as err:
+        raise validation_error(list(err.errors())) from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _prompt_ids(engine: ChatEngine, conversation: Conversation, rid: str) -> list[int]:
     """The prompt tokens; a conversation the template cannot render is the request's fault (400)."""
     try:
         return engine.prompt_ids(conversation.messages, conversation.system, conversation.tools)
     except UserError:
         raise
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
+    except (TypeError, ValueError, KeyError, AttributeError):
         # A tool format reads each tool's JSON schema (enum lists, property types): odd schemas fail here.
         name = getattr(engine.template, "name", "?")
-        raise ApiError(400, f"The conversation cannot be rendered with the model's chat template '{name}': "
-                            f"{type(err).__name__}: {err}",
+        logger.warning("Request %s: the chat template '%s' cannot render the conversation", rid, name, exc_info=True)
+        what = "tools (check their JSON schemas)" if conversation.tools else "messages"
+        raise ApiError(400, f"The conversation cannot be rendered with the model's chat template '{name}': it fails "
+                            f"on these {what}. Request id {rid}, for the server log.",
                        param="tools" if conversation.tools else "messages") from None
-
-
-def _check_model(requested: str, served: str, param: str | None = "model") -> None:
-    if requested != served:
-        raise ApiError(404, f"The model `{requested}` does not exist or you do not have access to it. "
-                            f"This server serves `{served}` (see GET /v1/models).", param=param,
-                       code="model_not_found")
-
-
-def _generation_settings(request: ChatCompletionRequest, engine: ChatEngine) -> tuple[dict[str, Any], bool]:
-    """Engine overrides for the request, and whether it samples.
-
-    Greedy requests drop the sampling knobs so that they all share one batch whatever their
-    temperature says. `presence_penalty` is passed on as `repetition_penalty`, as LLaMA-Factory does
-    (0 means none); `repetition_penalty` itself is accepted as an extension and wins.
-    """
-    if request.frequency_penalty:
-        raise ApiError(400, "frequency_penalty is not supported by this server; use presence_penalty or "
-                            "repetition_penalty (a multiplicative penalty > 0, 1.0 = none).",
-                       param="frequency_penalty")
-    if request.presence_penalty is not None and request.presence_penalty < 0:
-        raise ApiError(400, "presence_penalty must be >= 0 here: it is used as transformers' repetition_penalty "
-                            "(as in LLaMA-Factory), where 0 means none and values > 1 discourage repetition.",
-                       param="presence_penalty")
-    defaults = engine.generating
-    do_sample = request.do_sample if request.do_sample is not None else defaults.do_sample
-    temperature = request.temperature if request.temperature is not None else defaults.temperature
-    sampling = bool(do_sample) and temperature != 0
-    overrides: dict[str, Any] = {"stop": request.stop_list()}
-    if sampling:
-        overrides.update(do_sample=True, temperature=request.temperature, top_p=request.top_p)
-    else:
-        overrides["do_sample"] = False
-    penalty = request.repetition_penalty or request.presence_penalty or None
-    overrides["repetition_penalty"] = penalty
-    return {k: v for k, v in overrides.items() if v is not None}, sampling
-
-
-def _max_new_tokens(request: ChatCompletionRequest, prompt_length: int, context: int | None, default: int) -> int:
-    """The requested completion length, checked against the model's context length."""
-    requested = request.max_completion_tokens or request.max_tokens
-    param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
-    if context is None:
-        return requested or default
-    if requested is not None and requested > context:
-        raise ApiError(400, f"{param} is too large: {requested}. This model supports at most {context} completion "
-                            f"tokens, whereas you provided {requested}.", param=param, code="invalid_value")
-    if prompt_length >= context or (requested and prompt_length + requested > context):
-        raise ApiError(400, f"This model's maximum context length is {context} tokens. However, you requested "
-                            f"{prompt_length + (requested or 0)} tokens ({prompt_length} in the messages, "
-                            f"{requested or 0} in the completion). Please reduce the length of the messages or "
-                            "completion.", param="messages", code="context_length_exceeded")
-    # Without max_tokens the configured length applies, shortened to what still fits.
-    return requested or min(default, context - prompt_length)
-
-
-def _context_length(engine: ChatEngine) -> int | None:
-    config = getattr(getattr(engine, "model", None), "config", None)
-    length = getattr(engine, "context_length", None) or getattr(config, "max_position_embeddings", None)
-    return length if isinstance(length, int) and length > 0 else None
-
-
-def _streaming_response(batcher: Batcher, engine: ChatEngine, request: ChatCompletionRequest, conversation: Conversation,
-                        prompt_length: int, overrides: dict[str, Any], seed: int | None, use_tools: bool,
-                        model_name: str, *, deterministic: bool) -> StreamingResponse:
-    """SSE chunks: a role chunk per choice, content deltas, a finish chunk per choice, usage if asked, [DONE].
-
-    With tools the answer is held back until it ends, then sent as one `tool_calls` delta (or one
-    content delta when it holds no call): a partial call cannot be parsed.
-    Streamed usage and the "length" finish reason come from re-tokenizing the answer text, since
-    `stream_chat` yields text, not tokens; non-streaming usage is exact.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
-
-    def sink(event: StreamEvent) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-        except RuntimeError:  # the event loop has shut down; nobody is listening
-            pass
-
-    try:
-        handle = batcher.submit_stream(conversation.messages, conversation.system, conversation.tools, sink,
-                                       n=request.n, overrides=overrides, seed=seed, deterministic=deterministic)
-    except BatcherClosed as err:
-        raise ApiError(503, str(err), type="server_error") from None
-    cid, created = completion_id(), int(time.time())
-    max_new = overrides["max_new_tokens"]
-    include_usage = bool(request.stream_options and request.stream_options.include_usage)
-
-    def chunk(choices: list[dict[str, Any]], usage: Usage | None = None) -> str:
-        body: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                                "model": model_name, "choices": choices}
-        if usage is not None:
-            body["usage"] = usage.model_dump()
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-    async def events() -> AsyncIterator[str]:
-        texts = [""] * request.n
-        completion_tokens = 0
-        try:
-            for index in range(request.n):
-                yield chunk([choice(index, {"role": "assistant", "content": ""})])
-            ended = 0
-            while ended < request.n:
-                kind, index, value = await queue.get()
-                if kind == "error":
-                    yield sse_error(value)
-                    return
-                if kind == "piece":
-                    texts[index] += value
-                    if not use_tools:
-                        yield chunk([choice(index, {"content": value})])
-                    continue
-                ended += 1
-                tokens = len(engine.tokenizer.encode(texts[index], add_special_tokens=False))
-                completion_tokens += tokens
-                finish = "length" if tokens >= max_new else "stop"
-                if use_tools:
-                    message, finish = build_message(texts[index], finish, engine.template, True)
-                    if message.tool_calls:
-                        calls = [{"index": i, **call.model_dump()} for i, call in enumerate(message.tool_calls)]
-                        yield chunk([choice(index, {"tool_calls": calls})])
-                    elif texts[index]:
-                        yield chunk([choice(index, {"content": texts[index]})])
-                yield chunk([choice(index, {}, finish)])
-            if include_usage:
-                yield chunk([], Usage(prompt_tokens=prompt_length, completion_tokens=completion_tokens,
-                                      total_tokens=prompt_length + completion_tokens))
-            yield "data: [DONE]\n\n"
-        finally:
-            handle.cancel()  # a no-op once finished; stops sending when the client went away
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -3,7 +3,8 @@
 OpenAI clients read this body to build their exceptions (`openai.BadRequestError` and friends), so
 every path out of the server uses it: our own `ApiError`, FastAPI's validation errors (400 with the
 field path as `param`, not FastAPI's 422 list), unknown routes, a `UserError` raised by the engine
-or the template, and, as a last resort, unexpected exceptions (500, logged with their traceback).
+or the template, and, as a last resort, unexpected exceptions: a 500 whose message carries the
+request id and nothing of the exception, which goes to the server log with that id.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ class ApiError(Exception):
     """A request the server refuses, with the HTTP status and the OpenAI error fields."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str = INVALID_REQUEST):
+                 type: str = INVALID_REQUEST, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
         self.type = type
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         """The JSON body OpenAI sends for this error."""
@@ -50,8 +52,16 @@ def error_body(message: str, *, type: str = INVALID_REQUEST, param: str | None =
 
 def error_response(err: ApiError) -> JSONResponse:
     """The HTTP response for an `ApiError`."""
-    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+    headers = dict(err.headers or {})
+    if err.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(err.body(), status_code=err.status, headers=headers or None)
+
+
+def internal_error(request_id: str, doing: str = "processing your request") -> ApiError:
+    """A 500 that tells the client where to look (the request id), not what went wrong inside."""
+    return ApiError(500, f"The server had an error while {doing} (request id {request_id}). The server log has "
+                         "the details.", type=SERVER_ERROR)
 
 
 def param_path(loc: tuple[Any, ...] | list[Any]) -> str | None:
@@ -120,13 +130,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
-        logger.exception("Unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body(f"The server had an error while processing your request: {err}",
-                                       type=SERVER_ERROR), status_code=500)
+        rid = request.scope.setdefault("state", {}).get("request_id", "-")
+        logger.error("Unexpected error on %s %s (request id %s)", request.method, request.url.path, rid,
+                     exc_info=err)
+        return error_response(internal_error(rid))
 
 
-def sse_error(err: ApiError | Exception) -> str:
+def sse_error(err: ApiError) -> str:
     """An error event for a stream that already started (the status line is gone by then)."""
-    api = err if isinstance(err, ApiError) else ApiError(500, f"The server had an error while generating: {err}",
-                                                         type=SERVER_ERROR)
-    return f"data: {json.dumps(api.body(), ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(err.body(), ensure_ascii=False)}\n\n"

@@ -4,7 +4,8 @@ Field names, ranges and defaults follow OpenAI's API; `do_sample` and `repetitio
 LLaMA-Factory's extensions (pass them with the openai client's `extra_body`). Unknown request fields
 are refused ("Unrecognized request argument supplied"), as OpenAI does, rather than silently ignored.
 Fields that can take several shapes (`stop`, `content`) are validated by hand so that an error names
-the field once instead of once per union member.
+the field once instead of once per union member. Every value accepted here can be sampled with:
+a temperature or penalty so small that logits overflow is refused, never left to fail in generation.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_CHOICES = 16  # `n`: every choice is one more row in the generation batch
-MAX_STOP = 16
+# Logits are divided by the temperature (and positive ones by the repetition penalty); below these,
+# large logits overflow float32 and sampling fails. vLLM raises small temperatures to 0.01 too.
+MIN_TEMPERATURE = 0.01
+MIN_PENALTY = 0.01
+MAX_PENALTY = 100.0
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FunctionDefinition(_Strict):
@@ -102,7 +107,7 @@ class ChatCompletionRequest(_Strict):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = None
     do_sample: bool | None = None
-    repetition_penalty: float | None = Field(default=None, gt=0)
+    repetition_penalty: float | None = Field(default=None, ge=MIN_PENALTY, le=MAX_PENALTY)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -110,10 +115,24 @@ class ChatCompletionRequest(_Strict):
         if value is None or isinstance(value, str):
             return value
         if isinstance(value, list) and all(isinstance(s, str) for s in value):
-            if len(value) > MAX_STOP:
-                raise ValueError(f"at most {MAX_STOP} stop sequences are supported, got {len(value)}")
-            return value
+            return value  # the count and lengths are the server's limits (API_MAX_STOP, API_MAX_STOP_CHARS)
         raise ValueError("stop must be a string or a list of strings")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"{value!r} is too small to sample with; use 0 for greedy decoding or a value from "
+                             f"{MIN_TEMPERATURE} to 2")
+        return value
+
+    @field_validator("presence_penalty")
+    @classmethod
+    def _presence(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_PENALTY:
+            raise ValueError(f"{value!r} is too small: it is used as the repetition penalty, which divides the "
+                             f"logits; use 0 for none or a value from {MIN_PENALTY} to 2")
+        return value
 
     def stop_list(self) -> list[str] | None:
         """`stop` as a list without empty strings; None when there is none."""

@@ -2,23 +2,36 @@
 
 The settings are those of `lmforge chat` (model, data, fine-tuning and generation groups), so a
 training output_dir alone is enough: `lmforge api model_name_or_path=saves/run`. The server itself
-is configured by environment variables, as in LLaMA-Factory:
+is configured by environment variables, as in LLaMA-Factory (`lmforge.api.settings` reads them):
 
   API_HOST            address to listen on (default 127.0.0.1, this machine only; LLaMA-Factory
-                      listens on 0.0.0.0: set API_HOST=0.0.0.0 to serve other machines)
+                      listens on 0.0.0.0: set API_HOST=0.0.0.0 to serve other machines, with API_KEY)
   API_PORT            port (default 8000)
   API_KEY             when set, every route needs `Authorization: Bearer <API_KEY>` (401 otherwise)
-  API_MODEL_NAME      the model name clients must send and /v1/models lists (default
-                      "gpt-3.5-turbo", LLaMA-Factory's, so its client scripts work unchanged);
-                      a request for any other name gets 404 model_not_found
+  API_ALLOW_UNAUTHENTICATED  1: serve a non-loopback API_HOST without API_KEY (refused otherwise)
+  API_CORS_ORIGINS    comma-separated origins that web pages may call the API from, or `*`
+                      (default: `*` with API_KEY, none without)
+  API_ALLOWED_HOSTS   without API_KEY on a loopback address, only loopback Host headers are
+                      answered (against DNS rebinding); these comma-separated names too (`*`: any)
+  API_MODEL_NAME      the model name /v1/models lists (default "gpt-3.5-turbo", LLaMA-Factory's);
+                      requests may name any model and get answers under the name they sent
+  API_STRICT_MODEL_NAME  1: a request for another model name gets 404 model_not_found
   FASTAPI_ROOT_PATH   root path when served behind a proxy under a prefix
   API_MAX_BATCH_SIZE  most rows generated together (default 32)
   API_BATCH_WAIT_MS   how long the first request of a batch waits for company (default 10)
+  API_MAX_CONCURRENT_REQUESTS  chat requests queued or running at once (default 128); past it
+                      429 with Retry-After
+  API_MAX_BODY_BYTES  largest request body (default 2097152, 2 MiB); larger ones get 413
+  API_MAX_TOKENS      ceiling on max_tokens (default 0: the model's context length)
+  API_MAX_REQUEST_TOKENS  ceiling on n x max_tokens (default 16384)
+  API_MAX_STOP        stop sequences per request (default 16)
+  API_MAX_STOP_CHARS  characters per stop sequence (default 128)
+  API_SHUTDOWN_TIMEOUT  seconds that SIGTERM lets requests in flight finish before it cancels them
+                      (default 5); queued requests get 503 at once
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import TYPE_CHECKING
 
@@ -26,21 +39,6 @@ from lmforge.errors import UserError
 
 if TYPE_CHECKING:
     from lmforge.config import RunConfig
-
-DEFAULT_MODEL_NAME = "gpt-3.5-turbo"
-
-
-def _int_env(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"{name}={raw!r} is not an integer; expected a number from {low} to {high}.") from None
-    if not low <= value <= high:
-        raise UserError(f"{name}={value} is out of range; expected a number from {low} to {high}.")
-    return value
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -55,13 +53,10 @@ def _check_port_free(host: str, port: int) -> None:
 
 def serve(cfg: RunConfig) -> None:
     """Load the model of `cfg` and serve it until interrupted (settings from the environment, above)."""
-    host = os.environ.get("API_HOST", "").strip() or "127.0.0.1"
-    port = _int_env("API_PORT", 8000, 1, 65535)
-    max_batch_size = _int_env("API_MAX_BATCH_SIZE", 32, 1, 4096)
-    batch_wait_ms = _int_env("API_BATCH_WAIT_MS", 10, 0, 10_000)
-    api_key = os.environ.get("API_KEY") or None
-    model_name = os.environ.get("API_MODEL_NAME", "").strip() or DEFAULT_MODEL_NAME
-    root_path = os.environ.get("FASTAPI_ROOT_PATH", "")
+    from lmforge.api.settings import ApiSettings
+
+    settings = ApiSettings.from_env()
+    settings.check_exposure()
     try:
         import uvicorn
 
@@ -69,14 +64,24 @@ def serve(cfg: RunConfig) -> None:
     except ImportError as err:
         raise UserError(f"`lmforge api` needs the api extras ({err.name} is missing): "
                         "pip install 'lmforge[api]'.") from None
-    _check_port_free(host, port)
+    _check_port_free(settings.host, settings.port)
 
     from lmforge.chat.factory import create_engine
 
     engine = create_engine(cfg)
-    app = create_app(engine, model_name, api_key, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                     root_path=root_path)
+    app = create_app(engine, settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # uvicorn stops accepting connections and waits up to API_SHUTDOWN_TIMEOUT for those in
+            # flight, then cancels them (and with them their generation); queued jobs fail now.
+            super().handle_exit(sig, frame)
+            app.state.begin_shutdown()
+
+    host, port = settings.host, settings.port
     shown = f"[{host}]" if ":" in host else host
-    print(f"lmforge api: serving '{model_name}' at http://{shown}:{port}/v1 "
-          f"(docs: http://{shown}:{port}/docs){'; API key required' if api_key else ''}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    print(f"lmforge api: serving '{settings.model_name}' at http://{shown}:{port}/v1 "
+          f"(docs: http://{shown}:{port}/docs){'; API key required' if settings.api_key else ''}", flush=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info",
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    Server(config).run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from lmforge.errors import UserError
 
@@ -30,6 +30,29 @@ class Response:
     finish_reason: str  # "stop" or "length"
 
 
+class GenerationWatch:
+    """Per-row hooks into one `generate_batch(prompts, watch=...)` call, for engines with `watches_generation`.
+
+    Rows are indices into `prompts`. The engine calls these from the thread that generates, after
+    every decoding step: `cancelled` lets a row stop at once (its client went away), `piece` hands
+    over the text of a row that `streams` as it grows (never a stop string, nor a part of one), and
+    `end` gives a row's final `Response` as soon as that row is finished, before the batch is.
+    The API's batcher implements it; the defaults watch nothing.
+    """
+
+    def streams(self, row: int) -> bool:
+        return False
+
+    def cancelled(self, row: int) -> bool:
+        return False
+
+    def piece(self, row: int, text: str) -> None:
+        pass
+
+    def end(self, row: int, response: Response) -> None:
+        pass
+
+
 class ChatEngine(ABC):
     """Conversations rendered to prompt ids by the run's template, answered by a backend.
 
@@ -38,6 +61,9 @@ class ChatEngine(ABC):
     """
 
     template: BaseTemplate
+    # True when `generate_batch` accepts `watch=GenerationWatch` (token-level streaming and cancellation
+    # of each row of a batch); otherwise callers stream with `stream_chat`, one conversation at a time.
+    watches_generation: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig):
         from lmforge.model.tokenizer import load_tokenizer_and_template
