@@ -39,9 +39,10 @@ CASES = [
     ("negative learning rate", ["train", *TRAIN, "dataset=good", "learning_rate=-1"], 1, "lmforge train: error: "
      "Config error: 'learning_rate' must be positive, got -1.0."),
     ("misspelt stage", ["train", *TRAIN, "dataset=good", "stage=sftt"], 1, "lmforge train: error: Config error: "
-     "'stage' is 'sftt', which is not one of: pt, sft, dpo, kto. Did you mean 'sft'?"),
-    ("stage not available", ["train", *TRAIN, "dataset=good", "stage=ppo"], 1, "lmforge train: error: Config error: "
-     "'stage' is 'ppo', which is not available in this version of lmforge; available stages: pt, sft, dpo, kto."),
+     "'stage' is 'sftt', which is not one of: pt, sft, rm, ppo, dpo, kto, grpo. Did you mean 'sft'?"),
+    ("ppo without reward model", ["train", *TRAIN, "dataset=good", "stage=ppo"], 1, "lmforge train: error: Config "
+     "error: stage ppo needs 'reward_model': the output_dir of a LoRA reward model run (stage rm), a full reward model "
+     "folder with reward_model_type: full, or a URL with reward_model_type: api."),
     ("sft data for dpo", ["train", *TRAIN, "dataset=good", "stage=dpo"], 1, "lmforge train: error: Stage 'dpo' needs "
      "preference data, but dataset 'good' has no `ranking: true` in {w}/d/dataset_info.json. Use a dataset with "
      "chosen/rejected answers and set \"ranking\": true (plus its chosen/rejected columns)."),

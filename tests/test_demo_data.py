@@ -20,7 +20,11 @@ EXPECTED = {
     "alpaca_zh_demo": ("alpaca_zh_demo.json", "alpaca", range(100, 141)),
     "sharegpt_tools_demo": ("sharegpt_tools_demo.json", "sharegpt", range(25, 36)),
     "pretrain_demo": ("pretrain_demo.jsonl", "alpaca", range(50, 71)),
+    "dpo_en_demo": ("dpo_en_demo.json", "alpaca", range(30, 61)),
+    "dpo_zh_demo": ("dpo_zh_demo.json", "alpaca", range(25, 61)),
+    "kto_en_demo": ("kto_en_demo.json", "alpaca", range(30, 61)),
 }
+RANKED = {"dpo_en_demo", "dpo_zh_demo"}  # pairwise data: `ranking: true`
 USER_ROLES = {"human", "observation"}
 ASSISTANT_ROLES = {"gpt", "function_call"}
 
@@ -54,7 +58,7 @@ def test_entry_fields(name):
     file_name, formatting, counts = EXPECTED[name]
     assert entry["file_name"] == file_name
     assert entry.get("formatting", "alpaca") == formatting
-    assert not entry.get("ranking", False)
+    assert entry.get("ranking", False) == (name in RANKED)
     allowed = {"file_name", "formatting", "columns", "tags", "ranking", "split", "subset", "folder", "num_samples"}
     assert set(entry) <= allowed
     assert len(_rows(file_name)) in counts
@@ -174,6 +178,26 @@ def test_sharegpt_mix():
     chinese = sum(_has_cjk(row["conversations"][0]["value"]) for row in rows)
     assert 0.3 * len(rows) <= chinese <= 0.7 * len(rows)
     assert any("tools" in row and all(m["from"] in {"human", "gpt"} for m in row["conversations"]) for row in rows)
+
+
+@pytest.mark.parametrize("name", sorted(RANKED))
+def test_preference_rows(name):
+    rows = _rows(EXPECTED[name][0])
+    for i, row in enumerate(rows):
+        assert set(row) == {"instruction", "input", "chosen", "rejected"}, i
+        assert row["instruction"].strip() and row["chosen"].strip() and row["rejected"].strip(), i
+        assert row["chosen"] != row["rejected"], i
+    chinese = sum(_has_cjk(row["instruction"]) for row in rows)
+    assert chinese == (len(rows) if name.endswith("_zh_demo") else 0)
+
+
+def test_kto_rows():
+    rows = _rows("kto_en_demo.json")
+    for i, row in enumerate(rows):
+        assert set(row) == {"instruction", "input", "output", "kto_tag"}, i
+        assert isinstance(row["kto_tag"], bool), i
+    desirable = sum(row["kto_tag"] for row in rows)
+    assert 0 < desirable < len(rows), "KTO needs both desirable and undesirable examples"
 
 
 def test_pretrain_rows():

@@ -86,8 +86,10 @@ def test_help_chat_lists_only_what_chat_reads(capsys):
 def test_help_train_and_data(capsys):
     train = flat(help_keys(capsys, "train"))
     assert {"learning_rate", "lora_rank", "cutoff_len", "max_new_tokens", "tokenized_path", "infer_backend"} <= train
-    assert not train & {"system", "vllm_maxlen", "ppo_epochs", "max_length", "export_dir"}
+    assert not train & {"system", "vllm_maxlen", "max_length", "export_dir"}
     assert {"pref_beta", "pref_loss", "ref_model"} <= train  # the dpo and kto stages
+    assert {"reward_model", "reward_model_type", "ppo_epochs", "ppo_buffer_size", "ppo_target"} <= train  # rm, ppo
+    assert {"reward_funcs", "reward_weights", "num_generations", "max_completion_length", "beta"} <= train  # grpo
     data = help_keys(capsys, "data")
     assert "generation" not in data  # a group the command reads nothing of is left out
     assert {"dataset", "cutoff_len", "template", "seed", "stage"} <= flat(data)
@@ -212,8 +214,8 @@ def test_no_warning_for_keys_read_or_left_at_their_default(warnings_logged):
 
 def test_data_takes_a_training_config(warnings_logged):
     parse_config("data", [*BASE, "learning_rate=1e-4", "lora_rank=16", "dataloader_persistent_workers=true",
-                          "ppo_epochs=2"])
-    assert warnings_logged == ["'ppo_epochs' is not used by `lmforge data`; it is ignored."]
+                          "include_effective_tokens_per_second=true"])
+    assert warnings_logged == ["'include_effective_tokens_per_second' is not used by `lmforge data`; it is ignored."]
     assert CONFIG_OF["data"] == "train"
     with pytest.raises(ConfigError, match="'bf16' and 'fp16' cannot both be true."):
         parse_config("data", [*BASE, "bf16=true", "fp16=true"])  # checked as `lmforge train` checks it
@@ -231,11 +233,11 @@ def test_a_key_a_command_does_not_read_is_not_checked_there(warnings_logged):
 
 
 @pytest.mark.parametrize("command", ["train", "data", "chat"])
-def test_unimplemented_stage_is_refused(command):
+def test_unknown_stage_is_refused(command):
     with pytest.raises(ConfigError) as err:
-        parse_config(command, [*BASE, "stage=ppo"] if command in ("train", "data") else ["model_name_or_path=m",
-                                                                                          "stage=ppo"])
-    assert "'stage' is 'ppo', which is not available in this version of lmforge; available stages: pt, sft, dpo, kto." in str(
+        parse_config(command, [*BASE, "stage=ppx"] if command in ("train", "data") else ["model_name_or_path=m",
+                                                                                          "stage=ppx"])
+    assert "'stage' is 'ppx', which is not one of: pt, sft, rm, ppo, dpo, kto, grpo. Did you mean 'ppo'?" in str(
         err.value)
 
 

@@ -89,7 +89,7 @@ def test_all_problems_reported_together():
     for expected in [
         "unknown key 'lora_targte'. Did you mean 'lora_target'?",
         "'cutoff_len': expected an integer, got 'abc'.",
-        "'stage' is 'sftt', which is not one of: pt, sft, dpo, kto. Did you mean 'sft'?",
+        "'stage' is 'sftt', which is not one of: pt, sft, rm, ppo, dpo, kto, grpo. Did you mean 'sft'?",
         "'model_name_or_path' is required",
         "'output_dir' is required",
         "'do_train' needs 'dataset'",
@@ -120,14 +120,35 @@ def test_all_problems_reported_together():
         (["use_galore=true"], "'use_galore' is not supported by lmforge"),
         (["do_eval=true"], "'do_eval'/'do_predict' need 'eval_dataset' or a 'val_size' above 0."),
         (["template=qwen-3"], "unknown template 'qwen-3'. Did you mean 'qwen3'? Run `lmforge templates` to list them."),
-        (["stage=rm"], "'stage' is 'rm', which is not available in this version of lmforge; available stages: pt, sft, "
-         "dpo, kto."),
-        (["stage=ppo"], "'stage' is 'ppo', which is not available in this version of lmforge; available stages: pt, "
-         "sft, dpo, kto."),
-        (["stage=dpoo"], "'stage' is 'dpoo', which is not one of: pt, sft, dpo, kto. Did you mean 'dpo'?"),
+        (["stage=ppo"], "stage ppo needs 'reward_model': the output_dir of a LoRA reward model run (stage rm), a full "
+         "reward model folder with reward_model_type: full, or a URL with reward_model_type: api."),
+        (["stage=ppo", "reward_model=r", "reward_model_type=loar"], "'reward_model_type' is 'loar', which is not one "
+         "of: lora, full, api. Did you mean 'lora'?"),
+        (["stage=ppo", "reward_model=r", "reward_model_type=api"], "reward_model_type api needs 'reward_model' to be "
+         "an http(s) URL, got 'r'."),
+        (["stage=ppo", "reward_model=r", "finetuning_type=full"], "stage ppo trains a LoRA policy (the reference is the "
+         "policy without its adapter); set finetuning_type: lora (it is full)."),
+        (["stage=ppo", "reward_model=r", "val_size=0.1"], "stage ppo has no evaluation or prediction; remove do_eval, "
+         "do_predict, val_size and eval_dataset"),
+        (["stage=ppo", "reward_model=r", "reward_model_adapters=a"], "'reward_model_adapters' applies to "
+         "reward_model_type full"),
+        (["stage=ppo", "reward_model=r", "early_stopping_steps=3"], "'early_stopping_steps' is not supported with "
+         "stage ppo; remove it."),
+        (["stage=dpo", "do_predict=true", "eval_dataset=x"], "'do_predict' is supported in stages sft and rm only "
+         "(stage is dpo)."),
+        (["stage=dpoo"], "'stage' is 'dpoo', which is not one of: pt, sft, rm, ppo, dpo, kto, grpo. Did you mean "
+         "'dpo'?"),
         (["stage=dpo", "pref_loss=orp"], "'pref_loss' is 'orp', which is not one of: sigmoid, hinge, ipo, kto_pair, "
          "orpo, simpo. Did you mean 'orpo'?"),
         (["stage=kto", "pref_beta=0"], "'pref_beta' must be positive, got 0.0."),
+        (["stage=grpo"], "stage grpo needs a reward: set 'reward_funcs' (built-in exact_match, format, length_penalty, "
+         "or path/to/file.py:function) and/or 'reward_model'."),
+        (["stage=grpo", "reward_funcs=exact_match", "num_generations=3"], "stage grpo samples 3 completions per "
+         "prompt (num_generations): per_device_train_batch_size x gradient_accumulation_steps (8) must be a multiple "
+         "of it."),
+        (["stage=grpo", "reward_funcs=format", "do_sample=false"], "the format reward needs a regular expression"),
+        (["stage=grpo", "reward_funcs=format", "do_sample=false"], "stage grpo samples its completions: remove "
+         "'do_sample: false'"),
     ],
 )
 def test_cross_field_rules(extra, expected):

@@ -441,7 +441,11 @@ def upper_converter(example, spec):
     }
 
 
-def test_register_converter():
+def test_register_converter(monkeypatch):
+    from lmforge.data import converters
+
+    # A copy of the registry: the name registered here must not leak into later tests' error messages.
+    monkeypatch.setattr(converters, "_CONVERTERS", dict(converters._CONVERTERS))
     register_converter("test_upper", upper_converter, overwrite=True)
     out = convert({"q": "hi", "a": "yo"}, row=4, formatting="test_upper", columns={"messages": "m"})
     assert out == aligned([user("HI")], [assistant("yo")], tools='{"x": 1}', row=4)

@@ -140,7 +140,11 @@ def test_legacy_keys_are_accepted():
     assert spec.revision == "v1"
 
 
-def test_registered_formatting_is_valid():
+def test_registered_formatting_is_valid(monkeypatch):
+    from lmforge.data import converters
+
+    # A copy of the registry: the name registered here must not leak into later tests' error messages.
+    monkeypatch.setattr(converters, "_CONVERTERS", dict(converters._CONVERTERS))
     register_converter("test_registry_fmt", lambda example, spec: {}, overwrite=True)
     spec = one({"d": {"file_name": "x.json", "formatting": "test_registry_fmt", "columns": {"messages": "m"}}})
     assert spec.formatting == "test_registry_fmt"

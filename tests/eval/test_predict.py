@@ -78,7 +78,7 @@ def test_predict_config_errors(capsys):
     assert "'predict_with_generate' cannot be combined with do_train or do_eval" in capsys.readouterr().err
     assert main(["train", "model_name_or_path=m", "stage=pt", "do_predict=true", "eval_dataset=x",
                  "output_dir=o"]) == 1
-    assert "'do_predict' is supported in stage sft only (stage is pt)." in capsys.readouterr().err
+    assert "'do_predict' is supported in stages sft and rm only (stage is pt)." in capsys.readouterr().err
     assert main(["train", "model_name_or_path=m", "stage=sft", "do_predict=true", "predict_with_generate=true",
                  "eval_dataset=x", "streaming=true", "max_steps=1", "output_dir=o"]) == 1
     assert "'do_predict' needs a dataset of known length: remove 'streaming'." in capsys.readouterr().err

@@ -16,13 +16,23 @@ YAMLS = sorted(p for p in EXAMPLES.rglob("*.yaml") if p.parent.name not in OTHER
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=[str(p.relative_to(EXAMPLES)) for p in YAMLS])
-def test_example_trains(path, tiny_llama_dir, tiny_qwen_dir, tmp_path):
+def test_example_trains(path, tiny_llama_dir, tiny_qwen_dir, tmp_path, request):
     settings = yaml.safe_load(path.read_text())
     if "stage" not in settings:
         pytest.fail(f"{path} is not a training config; add a test for its command")
     model = tiny_qwen_dir if settings.get("template", "qwen").startswith("qwen") else tiny_llama_dir
     out = tmp_path / "run"
-    train(str(path), f"model_name_or_path={model}", f"output_dir={out}", "max_steps=2", "save_steps=1000",
-          "bf16=false", "logging_steps=1", "cutoff_len=256", f"dataset_dir={DATA_DIR}")
+    # grpo samples its completions: they are cut short like the samples (cutoff_len), or the tiny model writes long.
+    completions = ["max_completion_length=16"] if settings["stage"] == "grpo" else []
+    common = [f"model_name_or_path={model}", "max_steps=2", "save_steps=1000", "bf16=false", "logging_steps=1",
+              "cutoff_len=256", f"dataset_dir={DATA_DIR}"]
+    if settings.get("adapter_name_or_path"):  # the tiny examples that continue from the quick start's sft run
+        common.append(f"adapter_name_or_path={request.getfixturevalue('quickstart_run')}")
+    if settings["stage"] == "ppo":
+        # Its reward_model is the matching rm example's output, trained here first; short rollouts keep it quick.
+        reward = tmp_path / "reward"
+        train(str(path.with_name(path.name.replace("_ppo", "_reward"))), *common, f"output_dir={reward}")
+        completions = [f"reward_model={reward}", "max_new_tokens=16"]
+    train(str(path), *common, f"output_dir={out}", *completions)
     assert json.loads((out / "lmforge_run.json").read_text())["stage"] == settings["stage"]
     assert (out / "trainer_state.json").is_file()

@@ -147,3 +147,29 @@ def test_reference_adapters_of_another_architecture_are_refused(tiny_llama_dir, 
     assert str(err.value) == (
         f"Adapter '{quickstart_run}' does not fit the model '{tiny_qwen_dir}' (it was trained on {tiny_llama_dir}): "
         "that base is a llama model, this one is a qwen2 model.")
+
+
+@pytest.mark.parametrize("stage", ["dpo", "rm"])
+def test_gradient_accumulation_matches_one_larger_batch(stage, tiny_llama_dir, tmp_path):
+    """Two pairs in one batch or one pair twice accumulated: the same update (plain SGD shows any scale error).
+
+    Both start at zero: LoRA's B matrices, and the reward model's value head (which alone moves in rm's first step).
+    """
+    from safetensors.torch import load_file
+
+    weights_file = "value_head.safetensors" if stage == "rm" else "adapter_model.safetensors"
+    weights = []
+    for name, batch, accumulation in (("batched", 2, 1), ("accumulated", 1, 2)):
+        out = tmp_path / name
+        train(*_settings(tiny_llama_dir, out, stage=stage, dataset="dpo_en_demo", max_steps=1, optim="sgd",
+                         learning_rate="0.1", per_device_train_batch_size=batch,
+                         gradient_accumulation_steps=accumulation, lr_scheduler_type="constant", val_size=0,
+                         max_grad_norm=0))  # clipping would hide a scale error
+        weights.append(load_file(out / weights_file))
+    batched, accumulated = weights
+    moved = [key for key in batched if ("lora_B" in key or "v_head" in key) and batched[key].abs().max() > 0]
+    assert moved, "one SGD step moves the weights that start at zero"
+    for key in moved:
+        ratio = accumulated[key].norm() / batched[key].norm()
+        assert abs(ratio - 1) < 0.02, (key, float(ratio))
+        torch.testing.assert_close(accumulated[key], batched[key], rtol=0.05, atol=1e-6)

@@ -1,4 +1,4 @@
-"""`lmforge train CONFIG`: train (stage pt or sft), evaluate, or predict with generation (`do_predict`)."""
+"""`lmforge train CONFIG`: train (any stage), evaluate, or predict (`do_predict`: generation in sft, scores in rm)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ if TYPE_CHECKING:
 
 def run(cfg: RunConfig) -> dict:
     """Run a validated train config in this process; return its metrics."""
-    if cfg.train.do_predict:
+    if cfg.train.do_predict and cfg.finetune.stage == "sft":
         # Generation with the serving engine; validation allows it only on its own, in stage sft.
+        # (A reward model's do_predict scores pairs in its own workflow.)
         from lmforge.eval.predict import run_predict
 
         return run_predict(cfg)

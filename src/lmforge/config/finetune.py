@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from lmforge.config.readers import DATASET, MODEL, SERVING, TRAINING
 
 # Every LLaMA-Factory stage name (for the did-you-mean of a misspelt stage), and the ones lmforge runs.
-STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")
-IMPLEMENTED_STAGES = ("pt", "sft", "dpo", "kto")
+STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto", "grpo")
+IMPLEMENTED_STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto", "grpo")
 PREF_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")  # the dpo stage's losses
 FINETUNING_TYPES = ("lora", "freeze", "full")
+REWARD_MODEL_TYPES = ("lora", "full", "api")  # what `reward_model` is, for stage ppo
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # trl's GRPOConfig.loss_type
+GRPO_SCALE_REWARDS = ("group", "batch", "none")  # trl's GRPOConfig.scale_rewards
 
 
 @dataclass
@@ -19,7 +22,7 @@ class FinetuningArguments:
 
     stage: str = field(
         default="sft",
-        metadata={"help": "Training stage: pt, sft, dpo (pref_loss: sigmoid, hinge, ipo, kto_pair, orpo, simpo) or kto.", "read_by": (DATASET, TRAINING, SERVING)},
+        metadata={"help": "Training stage: pt, sft, rm (reward model), ppo, dpo (pref_loss: sigmoid, hinge, ipo, kto_pair, orpo, simpo), kto or grpo (rewards: reward_funcs, reward_model).", "read_by": (DATASET, TRAINING, SERVING)},
     )
     finetuning_type: str = field(
         default="lora", metadata={"help": "lora, freeze or full.", "read_by": (MODEL, TRAINING)}
@@ -83,7 +86,7 @@ class FinetuningArguments:
     include_effective_tokens_per_second: bool = field(
         default=False, metadata={"help": "Report effective tokens/s.", "read_by": ()}
     )
-    # Preference stages (dpo, kto). The rm and ppo settings below are accepted and not read until those stages land.
+    # Preference stages (dpo, kto).
     pref_beta: float = field(default=0.1, metadata={"help": "Preference losses: beta.", "read_by": (TRAINING,)})
     pref_ftx: float = field(default=0.0, metadata={"help": "Preference losses: SFT loss weight.", "read_by": (TRAINING,)})
     pref_loss: str = field(
@@ -103,20 +106,65 @@ class FinetuningArguments:
     ref_model_quantization_bit: int | None = field(
         default=None, metadata={"help": "Quantize the reference model.", "read_by": (TRAINING,)}
     )
-    reward_model: str | None = field(default=None, metadata={"help": "Reward model for PPO.", "read_by": ()})
+    # PPO (stage ppo) and its reward model (trained with stage rm).
+    reward_model: str | None = field(default=None, metadata={"help": "PPO, GRPO: the reward model: an rm run folder (lora), a full rm folder (full) or a URL (api); GRPO also takes a one-label sequence classifier folder.", "read_by": (TRAINING,)})
     reward_model_adapters: str | None = field(
-        default=None, metadata={"help": "Adapters of the reward model.", "read_by": ()}
+        default=None, metadata={"help": "PPO, reward_model_type full: rm adapters (comma-separated) merged into reward_model; the last holds the value head.", "read_by": (TRAINING,)}
     )
     reward_model_quantization_bit: int | None = field(
-        default=None, metadata={"help": "Quantize the reward model.", "read_by": ()}
+        default=None, metadata={"help": "PPO, reward_model_type full: quantize the reward model (4 or 8, CUDA).", "read_by": (TRAINING,)}
     )
     reward_model_type: str = field(
-        default="lora", metadata={"help": "Reward model type: lora, full or api.", "read_by": ()}
+        default="lora", metadata={"help": "PPO: what reward_model is: lora (an rm LoRA run on the policy's base model), full or api.", "read_by": (TRAINING,)}
     )
     ppo_buffer_size: int = field(
-        default=1, metadata={"help": "PPO: mini-batches per optimisation step.", "read_by": ()}
+        default=1, metadata={"help": "PPO: rollout batches of per_device_train_batch_size x gradient_accumulation_steps prompts per PPO step.", "read_by": (TRAINING,)}
     )
-    ppo_epochs: int = field(default=4, metadata={"help": "PPO: epochs per optimisation step.", "read_by": ()})
-    ppo_score_norm: bool = field(default=False, metadata={"help": "PPO: normalise scores.", "read_by": ()})
-    ppo_target: float = field(default=6.0, metadata={"help": "PPO: target KL.", "read_by": ()})
-    ppo_whiten_rewards: bool = field(default=False, metadata={"help": "PPO: whiten rewards.", "read_by": ()})
+    ppo_epochs: int = field(default=4, metadata={"help": "PPO: optimisation passes over each step's rollouts.", "read_by": (TRAINING,)})
+    ppo_score_norm: bool = field(default=False, metadata={"help": "PPO: normalise rewards with their running mean and std.", "read_by": (TRAINING,)})
+    ppo_target: float = field(default=6.0, metadata={"help": "PPO: target KL of the adaptive KL controller.", "read_by": (TRAINING,)})
+    ppo_whiten_rewards: bool = field(default=False, metadata={"help": "PPO: whiten the per-token rewards before GAE.", "read_by": (TRAINING,)})
+    # GRPO (stage grpo, lmforge's own): trl's GRPOTrainer, its settings under trl's GRPOConfig names. Sampling
+    # reads the generation settings (temperature, top_p, top_k, repetition_penalty), as LLaMA-Factory's PPO does.
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "GRPO: reward functions: exact_match, format (or format:<regex>), length_penalty, or "
+                          "path/to/file.py:function; comma-separated. See docs/stages.md.", "read_by": (TRAINING,)},
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "GRPO: one weight per reward, in order: reward_funcs, then reward_model (default: all 1).",
+                  "read_by": (TRAINING,)},
+    )
+    reward_format_regex: str | None = field(
+        default=None,
+        metadata={"help": "GRPO: the regular expression of the `format` reward (the whole completion must match).",
+                  "read_by": (TRAINING,)},
+    )
+    num_generations: int = field(
+        default=8, metadata={"help": "GRPO: completions sampled per prompt (a group).", "read_by": (TRAINING,)}
+    )
+    max_completion_length: int = field(
+        default=512, metadata={"help": "GRPO: most tokens sampled per completion.", "read_by": (TRAINING,)}
+    )
+    beta: float = field(
+        default=0.0,
+        metadata={"help": "GRPO: KL coefficient against the reference model (0: no reference).", "read_by": (TRAINING,)},
+    )
+    loss_type: str = field(
+        default="dapo",
+        metadata={"help": "GRPO: loss: grpo, dr_grpo, dapo, bnpo, cispo, sapo, luspo or vespo.", "read_by": (TRAINING,)},
+    )
+    epsilon: float = field(default=0.2, metadata={"help": "GRPO: clipping range of the ratio.", "read_by": (TRAINING,)})
+    num_iterations: int = field(
+        default=1, metadata={"help": "GRPO: optimisation passes over each batch of completions.", "read_by": (TRAINING,)}
+    )
+    scale_rewards: str = field(
+        default="group",
+        metadata={"help": "GRPO: divide advantages by the reward std of the group, the batch, or none.",
+                  "read_by": (TRAINING,)},
+    )
+    mask_truncated_completions: bool = field(
+        default=False,
+        metadata={"help": "GRPO: leave completions cut at max_completion_length out of the loss.", "read_by": (TRAINING,)},
+    )

@@ -13,7 +13,15 @@ from dataclasses import fields
 
 from lmforge.config.data import MIX_STRATEGIES
 from lmforge.config.export import EXPORT_FORMATS, GGUF_TYPES
-from lmforge.config.finetune import FINETUNING_TYPES, IMPLEMENTED_STAGES, PREF_LOSSES, STAGES
+from lmforge.config.finetune import (
+    FINETUNING_TYPES,
+    GRPO_LOSS_TYPES,
+    GRPO_SCALE_REWARDS,
+    IMPLEMENTED_STAGES,
+    PREF_LOSSES,
+    REWARD_MODEL_TYPES,
+    STAGES,
+)
 from lmforge.config.readers import DATASET, EVAL, EXPORT, MODEL, TEMPLATE, TRAINING
 from lmforge.config.run import COMMAND_GROUPS, GROUPS, RunConfig, checked_readers, read_by
 from lmforge.errors import did_you_mean
@@ -210,8 +218,8 @@ def _check_training(cfg: RunConfig, problems: list[str]) -> None:
         problems.append("'predict_with_generate' only applies to stage sft.")
     if ft.stage == "sft" and train.do_predict and not train.predict_with_generate:
         problems.append("'do_predict' in stage sft needs 'predict_with_generate: true'.")
-    if train.do_predict and ft.stage != "sft":
-        problems.append(f"'do_predict' is supported in stage sft only (stage is {ft.stage}).")
+    if train.do_predict and ft.stage not in ("sft", "rm"):
+        problems.append(f"'do_predict' is supported in stages sft and rm only (stage is {ft.stage}).")
     if train.do_predict and data.streaming:
         problems.append("'do_predict' needs a dataset of known length: remove 'streaming'.")
     if train.predict_with_generate and (train.do_train or train.do_eval):
@@ -225,6 +233,87 @@ def _check_training(cfg: RunConfig, problems: list[str]) -> None:
         problems.append("'gradient_accumulation_steps' must be positive.")
     if train.learning_rate <= 0:
         problems.append(f"'learning_rate' must be positive, got {train.learning_rate}.")
+    if ft.stage == "ppo":
+        _check_ppo(cfg, problems)
+    if ft.stage == "grpo":
+        _check_grpo(cfg, problems)
+
+
+def _check_ppo(cfg: RunConfig, problems: list[str]) -> None:
+    ft, train = cfg.finetune, cfg.train
+    if not ft.reward_model:
+        problems.append("stage ppo needs 'reward_model': the output_dir of a LoRA reward model run (stage rm), "
+                        "a full reward model folder with reward_model_type: full, or a URL with reward_model_type: api.")
+    _choice(problems, "reward_model_type", ft.reward_model_type, REWARD_MODEL_TYPES)
+    if ft.reward_model and ft.reward_model_type == "api" and not ft.reward_model.startswith(("http://", "https://")):
+        problems.append(f"reward_model_type api needs 'reward_model' to be an http(s) URL, got '{ft.reward_model}'.")
+    if ft.reward_model_adapters and ft.reward_model_type != "full":
+        problems.append("'reward_model_adapters' applies to reward_model_type full (a lora reward model is its rm "
+                        "run folder alone).")
+    if ft.finetuning_type != "lora":
+        problems.append(f"stage ppo trains a LoRA policy (the reference is the policy without its adapter); "
+                        f"set finetuning_type: lora (it is {ft.finetuning_type}).")
+    if train.do_eval or train.do_predict or cfg.data.val_size > 0 or cfg.data.eval_dataset:
+        problems.append("stage ppo has no evaluation or prediction; remove do_eval, do_predict, val_size and "
+                        "eval_dataset (evaluate the trained policy with `lmforge chat` or an sft do_predict run).")
+    if cfg.data.streaming:
+        problems.append("stage ppo does not support 'streaming'; remove it (use max_samples for a large dataset).")
+    if ft.ppo_epochs < 1 or ft.ppo_buffer_size < 1:
+        problems.append(f"'ppo_epochs' and 'ppo_buffer_size' must be at least 1, got {ft.ppo_epochs} and "
+                        f"{ft.ppo_buffer_size}.")
+    if ft.ppo_target <= 0:
+        problems.append(f"'ppo_target' (the target KL) must be positive, got {ft.ppo_target}.")
+    for key in ("loraplus_lr_ratio", "early_stopping_steps"):
+        if getattr(ft, key):
+            problems.append(f"'{key}' is not supported with stage ppo; remove it.")
+    if train.fp16:
+        problems.append("'fp16' is not supported with stage ppo; use bf16, or neither.")
+
+
+def _check_grpo(cfg: RunConfig, problems: list[str]) -> None:
+    from lmforge.config.rewards import BUILTIN_REWARDS, reward_spec_problems
+
+    ft, train = cfg.finetune, cfg.train
+    funcs = ft.reward_funcs or []
+    if not funcs and not ft.reward_model:
+        problems.append(f"stage grpo needs a reward: set 'reward_funcs' (built-in {', '.join(BUILTIN_REWARDS)}, or "
+                        "path/to/file.py:function) and/or 'reward_model'.")
+    problems.extend(reward_spec_problems(funcs, ft.reward_format_regex))
+    rewards = len(funcs) + (1 if ft.reward_model else 0)
+    if ft.reward_weights is not None and len(ft.reward_weights) != rewards:
+        problems.append(f"'reward_weights' has {len(ft.reward_weights)} values for {rewards} rewards; give one per "
+                        "reward_funcs entry, then one for reward_model.")
+    if ft.reward_model:
+        _choice(problems, "reward_model_type", ft.reward_model_type, REWARD_MODEL_TYPES)
+        if ft.reward_model_type == "api" and not ft.reward_model.startswith(("http://", "https://")):
+            problems.append(f"reward_model_type api needs 'reward_model' to be an http(s) URL, got '{ft.reward_model}'.")
+    if ft.num_generations < 2:
+        problems.append(f"'num_generations' must be at least 2 (GRPO compares the completions of a prompt), "
+                        f"got {ft.num_generations}.")
+    elif (train.per_device_train_batch_size * train.gradient_accumulation_steps) % ft.num_generations:
+        problems.append(f"stage grpo samples {ft.num_generations} completions per prompt (num_generations): "
+                        "per_device_train_batch_size x gradient_accumulation_steps "
+                        f"({train.per_device_train_batch_size * train.gradient_accumulation_steps}) must be a multiple "
+                        "of it.")
+    elif (train.do_eval or train.eval_strategy != "no") and train.per_device_eval_batch_size % ft.num_generations:
+        problems.append(f"'per_device_eval_batch_size' ({train.per_device_eval_batch_size}) must be a multiple of "
+                        f"num_generations ({ft.num_generations}) in stage grpo.")
+    if ft.max_completion_length < 1:
+        problems.append(f"'max_completion_length' must be positive, got {ft.max_completion_length}.")
+    if ft.beta < 0:
+        problems.append(f"'beta' (the KL coefficient) must be >= 0, got {ft.beta}.")
+    if ft.num_iterations < 1:
+        problems.append(f"'num_iterations' must be at least 1, got {ft.num_iterations}.")
+    _choice(problems, "loss_type", ft.loss_type, GRPO_LOSS_TYPES)
+    _choice(problems, "scale_rewards", ft.scale_rewards, GRPO_SCALE_REWARDS)
+    if not cfg.generate.do_sample:
+        problems.append("stage grpo samples its completions: remove 'do_sample: false' (set temperature, top_p and "
+                        "top_k to shape the sampling).")
+    if cfg.data.packing:
+        problems.append("'packing' does not apply to stage grpo (it generates from one prompt at a time); remove it.")
+    if ft.ref_model:
+        problems.append("'ref_model' applies to stages dpo and kto; stage grpo's reference (beta > 0) is the policy "
+                        "without its LoRA adapter, or the base model for freeze and full.")
 
 
 def _check_export(cfg: RunConfig, problems: list[str]) -> None:

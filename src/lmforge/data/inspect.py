@@ -141,6 +141,12 @@ def preview(args, cfg, tokenizer, template) -> int:
             text = tokenizer.decode(ids, skip_special_tokens=False)
             text += f"{MARK_OPEN}{tokenizer.decode(labels, skip_special_tokens=False)}{MARK_CLOSE}" if labels else ""
             trained = 0
+        elif "answer" in out:  # grpo: the prompt it samples from, then the reference its rewards may read
+            text = tokenizer.decode(ids, skip_special_tokens=False)
+            text += f"{MARK_OPEN}{out['answer'][i]}{MARK_CLOSE}" if out["answer"][i] is not None else ""
+            trained = 0
+        elif cfg.finetune.stage == "ppo":  # the prompt the policy samples its answer from: nothing is trained
+            text, trained = tokenizer.decode(ids, skip_special_tokens=False), 0
         else:
             trained = sum(1 for t in labels if t != IGNORE_INDEX) if labels else len(ids)
             text = mark_trained(tokenizer, ids, labels)
@@ -153,14 +159,15 @@ def preview(args, cfg, tokenizer, template) -> int:
         print(json.dumps({"template": template.name, "samples": samples, "skipped": skipped.to_dict()["drops"],
                           "unread_columns": report.to_dict()["unread_columns"]}, ensure_ascii=False, indent=2))
         return 0
-    marked = "the reference answer" if predicting else "trained text"
+    references = predicting or cfg.finetune.stage in ("grpo", "ppo")
+    marked = "the reference answer" if references else "trained text"
     print(f"Template: {template.name}   cutoff_len: {data.cutoff_len}   ({marked} inside {MARK_OPEN} {MARK_CLOSE})")
     for n, sample in enumerate(samples, 1):
         if "chosen" in sample:
             status = (f"chosen {sample['chosen_tokens']} tokens, {sample['chosen_trained_tokens']} trained; rejected "
                       f"{sample['rejected_tokens']} tokens, {sample['rejected_trained_tokens']} trained")
         else:
-            status = f"{sample['tokens']} tokens" + ("" if predicting else f", {sample['trained_tokens']} trained")
+            status = f"{sample['tokens']} tokens" + ("" if references else f", {sample['trained_tokens']} trained")
         if "kto_tag" in sample:
             status += ", desirable" if sample["kto_tag"] else ", undesirable"
         if sample["dropped"]:

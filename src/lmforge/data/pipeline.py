@@ -177,8 +177,9 @@ def _load_saved(data: DataArguments, stage: str, template, tokenizer, generate_e
         if dataset is None:
             continue
         # A folder saved by a run with another stage or packing setting would fail later, in the collator.
-        expected = sorted(get_processor(stage, data, template, tokenizer,
-                                        do_generate=generate_eval and name != TRAIN_SPLIT).model_columns)
+        processor = get_processor(stage, data, template, tokenizer, do_generate=generate_eval and name != TRAIN_SPLIT)
+        kept = [*processor.model_columns, *processor.extra_features]  # what save_tokenized keeps of them
+        expected = sorted(column for column in kept if not column.startswith("_"))
         if sorted(dataset.column_names) != expected:
             raise UserError(
                 f"tokenized_path '{data.tokenized_path}' split '{name}' was saved with columns "

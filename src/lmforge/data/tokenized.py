@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.data.columns import EVAL_SPLIT, MODEL_COLUMNS, TRAIN_SPLIT
+from lmforge.data.columns import EVAL_SPLIT, TRAIN_SPLIT
 from lmforge.errors import UserError
 
 
@@ -30,9 +30,10 @@ class TokenizedSplits:
 def save_tokenized(dataset_dict: Mapping[str, object], path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Save the splits (`train`, `validation`, `validation_<name>`) with only their model columns.
 
-    Keeps `input_ids`, `attention_mask`, `labels` and `position_ids` where present and drops the
-    bookkeeping columns (`_dataset`, `_row`, `_drop`, ...). Refuses to replace an existing folder
-    unless `overwrite`. Returns the path written.
+    Keeps the columns a trainer reads (`input_ids`, `attention_mask`, `labels`, `position_ids`, a
+    stage's own: `chosen_input_ids`, `kto_tags`, grpo's `prompt` and `answer`, ...) and drops the
+    bookkeeping columns, whose names start with `_` (`_dataset`, `_row`, `_drop`, ...). Refuses to
+    replace an existing folder unless `overwrite`. Returns the path written.
     """
     from datasets import DatasetDict
 
@@ -44,7 +45,7 @@ def save_tokenized(dataset_dict: Mapping[str, object], path: str | os.PathLike, 
         )
     splits = {}
     for name, dataset in dataset_dict.items():
-        drop = [column for column in dataset.column_names if column not in MODEL_COLUMNS]
+        drop = [column for column in dataset.column_names if column.startswith("_")]
         splits[name] = dataset.remove_columns(drop) if drop else dataset
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))

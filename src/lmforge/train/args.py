@@ -1,11 +1,11 @@
-"""Turn lmforge's TrainArguments into transformers' Seq2SeqTrainingArguments."""
+"""Turn lmforge's TrainArguments into transformers' Seq2SeqTrainingArguments (or a stage's own subclass of
+TrainingArguments, such as trl's GRPOConfig)."""
 
 from __future__ import annotations
 
 import copy
 import copyreg
 import dataclasses
-import os
 from typing import TYPE_CHECKING
 
 from transformers import Seq2SeqTrainingArguments
@@ -18,21 +18,26 @@ if TYPE_CHECKING:
 
 # Fields of ours that transformers 5 no longer has, or that lmforge handles itself: never passed on.
 _OWN_FIELDS = {"hf_passthrough", "overwrite_output_dir", "evaluation_strategy", "warmup_ratio", "logging_dir"}
+# Fields of ours that only Seq2SeqTrainingArguments has (sft prediction): left out for other argument classes.
+_SEQ2SEQ_FIELDS = {"predict_with_generate", "generation_max_length", "generation_num_beams"}
 
 
-class TrainingArgumentsWithoutSecrets(Seq2SeqTrainingArguments):
-    """Seq2SeqTrainingArguments that never write a token to disk, however the Trainer saves them.
+class WithoutSecrets:
+    """Put before a TrainingArguments class: arguments that never write a token to disk, however the Trainer
+    saves them.
 
     The Trainer pickles its arguments into `training_args.bin` of every checkpoint and of the final
-    folder (and of the folders it pushes to the hub). What is pickled here is a plain
-    Seq2SeqTrainingArguments (loadable without lmforge) whose token fields (`hub_token`) are None.
-    The object in memory, and its copies, keep them, so a `push_to_hub` run still authenticates.
+    folder (and of the folders it pushes to the hub). What is pickled is a plain `PICKLED_AS`
+    (loadable without lmforge) whose token fields (`hub_token`) are None. The object in memory, and
+    its copies, keep them, so a `push_to_hub` run still authenticates.
     """
+
+    PICKLED_AS: type = Seq2SeqTrainingArguments
 
     def __reduce_ex__(self, protocol):
         state = {name: None if is_secret(name) else value for name, value in self.__dict__.items()}
         # copyreg's own reconstructor: pickle's __newobj__ would insist on the object's exact class.
-        return copyreg._reconstructor, (Seq2SeqTrainingArguments, object, None), state
+        return copyreg._reconstructor, (self.PICKLED_AS, object, None), state
 
     # copy and deepcopy fall back on __reduce_ex__: they must not lose the token nor the class.
     def __copy__(self):
@@ -47,17 +52,29 @@ class TrainingArgumentsWithoutSecrets(Seq2SeqTrainingArguments):
         return clone
 
 
-def build_training_args(cfg: RunConfig, resume_from: str | None):
-    """Seq2SeqTrainingArguments for this run (non-padding token counting on, our own progress bar)."""
+class TrainingArgumentsWithoutSecrets(WithoutSecrets, Seq2SeqTrainingArguments):
+    """Seq2SeqTrainingArguments that never write a token to disk (see `WithoutSecrets`)."""
+
+
+def build_training_args(cfg: RunConfig, resume_from: str | None, args_class: type = TrainingArgumentsWithoutSecrets,
+                        extra: dict | None = None):
+    """`args_class` (Seq2SeqTrainingArguments by default) for this run (non-padding token counting on, our own
+    progress bar); `extra`: the stage's own settings, set last."""
     import torch
 
     train = cfg.train
-    kwargs = {f.name: getattr(train, f.name) for f in dataclasses.fields(train) if f.name not in _OWN_FIELDS}
-    kwargs.update(train.hf_passthrough)
+    accepted = _init_fields(args_class)
+    seq2seq = "predict_with_generate" in accepted
+    kwargs = {f.name: getattr(train, f.name) for f in dataclasses.fields(train)
+              if f.name not in _OWN_FIELDS and (seq2seq or f.name not in _SEQ2SEQ_FIELDS)}
+    for key, value in train.hf_passthrough.items():
+        if not seq2seq and key not in accepted:
+            # Validated against Seq2SeqTrainingArguments' keys; the stage's arguments class lacks this one.
+            raise UserError(f"'{key}' is not a setting of stage {cfg.finetune.stage}'s trainer "
+                            f"({getattr(args_class, 'PICKLED_AS', args_class).__name__}); remove it.")
+        kwargs[key] = value
     if train.warmup_ratio and not train.warmup_steps:
         kwargs["warmup_steps"] = train.warmup_ratio  # transformers 5 reads a float below 1 as a ratio
-    if train.logging_dir:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = train.logging_dir  # how transformers 5 reads it
     kwargs["resume_from_checkpoint"] = resume_from
     kwargs["remove_unused_columns"] = False  # our collators need every processed column
     kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
@@ -83,27 +100,30 @@ def build_training_args(cfg: RunConfig, resume_from: str | None):
         kwargs.setdefault("dataloader_pin_memory", False)
     if "ddp_find_unused_parameters" not in kwargs and cfg.finetune.finetuning_type == "lora":
         kwargs["ddp_find_unused_parameters"] = False
-    if "activation_checkpointing" in _hf_fields():
+    kwargs.update(extra or {})
+    if "activation_checkpointing" in accepted:
         # transformers 5 renamed the flag; passing the old name only adds a deprecation warning.
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing") or kwargs.get(
             "activation_checkpointing", False)
     _check_reporters(kwargs.get("report_to"))
-    unknown = sorted(set(kwargs) - _hf_fields())
+    unknown = sorted(set(kwargs) - accepted)
     if unknown:
         # Config validation lets through only transformers' own keys, and _OWN_FIELDS removes ours:
         # anything else here is a bug in lmforge, not in the user's config.
-        raise RuntimeError(f"lmforge bug: {', '.join(map(repr, unknown))} reached Seq2SeqTrainingArguments, which "
+        raise RuntimeError(f"lmforge bug: {', '.join(map(repr, unknown))} reached {args_class.__name__}, which "
                            "has no such field; add it to _OWN_FIELDS in lmforge/train/args.py or stop passing it.")
     try:
-        return TrainingArgumentsWithoutSecrets(**kwargs)
+        return args_class(**kwargs)
     except (ValueError, TypeError) as err:
         raise UserError(f"Invalid training settings: {str(err).splitlines()[0]}") from None
 
 
-def _hf_fields() -> frozenset[str]:
-    from lmforge.config.train import trainer_keys
+def _init_fields(args_class: type) -> frozenset[str]:
+    if issubclass(args_class, Seq2SeqTrainingArguments):
+        from lmforge.config.train import trainer_keys
 
-    return trainer_keys()
+        return trainer_keys()
+    return frozenset(f.name for f in dataclasses.fields(args_class) if f.init)
 
 
 _REPORTER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "swanlab": "swanlab",

@@ -23,7 +23,8 @@ PROGRESS_MODES = ("bar", "lines", "off")
 LINE_EVERY_FRACTION = 0.05  # of the steps
 LINE_EVERY_SECONDS = 60.0
 
-_STAGE_METRICS = ("rewards/", "logps/", "kl", "eval_rewards/", "eval_logps/", "eval_kl")
+_STAGE_METRICS = ("rewards/", "logps/", "kl", "eval_rewards/", "eval_logps/", "eval_kl", "reward", "ppo/",
+                  "completions/", "eval_reward", "eval_completions/")  # grpo: completions/mean_length, ...
 _FROM_LOG = {"loss": "loss", "eval_loss": "eval_loss", "predict_loss": "predict_loss",
              "reward": "rewards/chosen", "accuracy": "rewards/accuracies", "lr": "learning_rate", "epoch": "epoch"}
 
@@ -85,6 +86,9 @@ class LogCallback(TrainerCallback):
             parts.append(f"loss {record['loss']:.4f}")
         if "eval_loss" in record:
             parts.append(f"eval_loss {record['eval_loss']:.4f}")
+        if "reward" in record and "rewards/chosen" not in record:
+            # grpo and ppo: the reward is what the run optimises (their loss says little); dpo's is rewards/chosen.
+            parts.append(f"reward {record['reward']:.4f}")
         if "lr" in record:
             parts.append(f"lr {record['lr']:.2e}")
         parts.append(f"{_hms(elapsed)} < {_hms(remaining)}")

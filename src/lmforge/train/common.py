@@ -104,7 +104,8 @@ def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_
                 logger.info(f"Loss curve written to {path}")
     if cfg.train.do_eval and dataset_module.eval_dataset is not None:
         metrics = trainer.evaluate(metric_key_prefix="eval")
-        if "eval_loss" in metrics:
+        # grpo's loss is a policy-gradient surrogate and rm's a pairwise loss, not likelihoods: no perplexity.
+        if "eval_loss" in metrics and cfg.finetune.stage not in ("grpo", "rm"):
             import math
 
             try:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 # What each stage plots besides its losses (LLaMA-Factory plots rewards/accuracies for dpo and kto).
-STAGE_KEYS = {"dpo": ("rewards/accuracies",), "kto": ("rewards/chosen", "kl")}
+STAGE_KEYS = {"dpo": ("rewards/accuracies",), "kto": ("rewards/chosen", "kl"), "rm": ("eval_accuracy",),
+              "ppo": ("reward", "kl"), "grpo": ("reward", "kl")}
 
 
 def plot_keys(stage: str) -> tuple[str, ...]:

@@ -23,6 +23,8 @@ class PreferenceTrainer(ForgeTrainer):
 
     def __init__(self, *args, stage: str, ref_model=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # The loss is a mean over pairs, not a sum over tokens: the Trainer must divide it by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
         self.stage = stage
         self.ref_model = ref_model
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}

@@ -1,7 +1,8 @@
-"""Run one training configuration: check the output_dir, then the stage's workflow (pt, sft, dpo, kto)."""
+"""Run one training configuration: check the output_dir, then the stage's workflow (pt, sft, rm, ppo, dpo, kto, grpo)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,27 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
+    with _tensorboard_dir(cfg.train.logging_dir):
+        return _run_stage(cfg, resume_from, callbacks)
+
+
+@contextlib.contextmanager
+def _tensorboard_dir(logging_dir: str | None):
+    """transformers 5 reads the TensorBoard folder from TENSORBOARD_LOGGING_DIR; scope it to this run, so that the
+    next run in the same process (LLaMA Board, tests) does not write its events into this run's folder."""
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if logging_dir:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = before
+
+
+def _run_stage(cfg: RunConfig, resume_from: str | None, callbacks) -> dict:
     if cfg.finetune.stage == "sft":
         from lmforge.train.sft import run_sft
 
@@ -29,6 +51,18 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
         from lmforge.train.dpo import run_preference
 
         return run_preference(cfg, resume_from, callbacks)
+    if cfg.finetune.stage == "rm":
+        from lmforge.train.reward import run_rm
+
+        return run_rm(cfg, resume_from, callbacks)
+    if cfg.finetune.stage == "ppo":
+        from lmforge.train.ppo import run_ppo
+
+        return run_ppo(cfg, resume_from, callbacks)
+    if cfg.finetune.stage == "grpo":
+        from lmforge.train.grpo import run_grpo
+
+        return run_grpo(cfg, resume_from, callbacks)
     from lmforge.train.pt import run_pt
 
     return run_pt(cfg, resume_from, callbacks)

@@ -1,4 +1,8 @@
-"""The Trainer used by every supervised stage: transformers' Seq2SeqTrainer with atomic checkpoints."""
+"""The Trainer used by every supervised stage: transformers' Seq2SeqTrainer with atomic checkpoints.
+
+`ForgeTrainerMixin` holds what every lmforge trainer shares (atomic checkpoints, LoRA+, the resume
+guard), so a trainer built on another library's Trainer subclass (trl's GRPOTrainer) behaves the same.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ from transformers.trainer_utils import rotate_checkpoints
 from lmforge.utils.atomic import fsync_tree, staging_dir
 
 
-class ForgeTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer whose checkpoints appear all at once.
+class ForgeTrainerMixin:
+    """Put before a transformers Trainer class: checkpoints that appear all at once, LoRA+, no step past the end.
 
     Each checkpoint is written into a hidden staging folder and renamed to `checkpoint-N` when
     complete, so a run killed while saving leaves the previous checkpoints and no partial one.
@@ -22,38 +26,11 @@ class ForgeTrainer(Seq2SeqTrainer):
         self.finetuning_args = finetuning_args
         super().__init__(*args, **kwargs)
 
-    def _get_train_sampler(self, train_dataset=None):
-        if self.finetuning_args is not None and self.finetuning_args.disable_shuffling:
-            import torch
-
-            return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-        return super()._get_train_sampler(train_dataset)
-
     def create_optimizer(self, model=None):
         ratio = self.finetuning_args.loraplus_lr_ratio if self.finetuning_args is not None else None
         if self.optimizer is None and ratio:
             self.optimizer = _loraplus_optimizer(self, self.model if model is None else model, ratio)
         return super().create_optimizer(model)
-
-    def _track_num_input_tokens(self, inputs):
-        # The Trainer sums attention_mask, which is wrong for packed batches: neat packing replaces it
-        # with an additive 4D float mask, and plain packing marks each block's padding tail with 1.
-        if self.args.include_num_input_tokens_seen != "non_padding":
-            return super()._track_num_input_tokens(inputs)
-        import torch
-
-        mask = inputs.get("attention_mask")
-        positions = inputs.get("position_ids")
-        if mask is not None and mask.dim() == 4:
-            real = (mask[:, 0].diagonal(dim1=-2, dim2=-1) == 0).sum()  # a real token attends to itself
-        elif positions is not None:
-            real = positions.numel() - (positions.flip(-1).cumsum(-1) == 0).sum()  # trailing zero positions pad
-        elif mask is not None:
-            real = mask.sum()
-        else:
-            return super()._track_num_input_tokens(inputs)
-        real = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
-        self.state.num_input_tokens_seen += self.accelerator.gather(real).sum().item()
 
     def _run_epoch(self, *args, **kwargs):
         # transformers 5 trains a batch before it checks max_steps: resumed from a checkpoint taken at
@@ -94,6 +71,37 @@ class ForgeTrainer(Seq2SeqTrainer):
                 save_total_limit=self.args.save_total_limit,
                 best_model_checkpoint=self.state.best_model_checkpoint,
             )
+
+
+class ForgeTrainer(ForgeTrainerMixin, Seq2SeqTrainer):
+    """Seq2SeqTrainer with lmforge's checkpoints, LoRA+, `disable_shuffling` and packed-batch token counts."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.finetuning_args is not None and self.finetuning_args.disable_shuffling:
+            import torch
+
+            return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+        return super()._get_train_sampler(train_dataset)
+
+    def _track_num_input_tokens(self, inputs):
+        # The Trainer sums attention_mask, which is wrong for packed batches: neat packing replaces it
+        # with an additive 4D float mask, and plain packing marks each block's padding tail with 1.
+        if self.args.include_num_input_tokens_seen != "non_padding":
+            return super()._track_num_input_tokens(inputs)
+        import torch
+
+        mask = inputs.get("attention_mask")
+        positions = inputs.get("position_ids")
+        if mask is not None and mask.dim() == 4:
+            real = (mask[:, 0].diagonal(dim1=-2, dim2=-1) == 0).sum()  # a real token attends to itself
+        elif positions is not None:
+            real = positions.numel() - (positions.flip(-1).cumsum(-1) == 0).sum()  # trailing zero positions pad
+        elif mask is not None:
+            real = mask.sum()
+        else:
+            return super()._track_num_input_tokens(inputs)
+        real = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
+        self.state.num_input_tokens_seen += self.accelerator.gather(real).sum().item()
 
 
 def _loraplus_optimizer(trainer, model, ratio: float):

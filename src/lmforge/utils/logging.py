@@ -41,4 +41,7 @@ def quiet_known_warnings() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
+    # trl's GRPOTrainer switches checkpointing off to generate and on again by the names transformers 5 deprecates.
+    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing_(enable|disable)` is deprecated",
+                            category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*'pin_memory' argument is set as true", category=UserWarning)

@@ -24,19 +24,21 @@ def test_dispatch(llama3, make_args):
     assert isinstance(pt, PretrainProcessor) and pt.packing is False
 
 
-@pytest.mark.parametrize("stage", ["ppo"])
-def test_planned_stages(llama3, make_args, stage):
+def test_reward_and_ppo_stages(llama3, make_args):
+    from lmforge.data.processors.pairwise import PairwiseProcessor
+    from lmforge.data.processors.prompt import PromptProcessor
+
     template, tokenizer = llama3
-    with pytest.raises(UserError) as info:
-        get_processor(stage, make_args(), template, tokenizer)
-    assert str(info.value) == f"stage '{stage}' is not supported yet. Supported stages: pt, sft, dpo, kto."
+    assert type(get_processor("rm", make_args(), template, tokenizer)) is PairwiseProcessor
+    assert type(get_processor("ppo", make_args(), template, tokenizer)) is PromptProcessor
 
 
 def test_unknown_stage(llama3, make_args):
     template, tokenizer = llama3
     with pytest.raises(UserError) as info:
         get_processor("stf", make_args(), template, tokenizer)
-    assert str(info.value) == "Unknown stage 'stf'. Did you mean 'sft'? Supported stages: pt, sft, dpo, kto."
+    assert str(info.value) == ("Unknown stage 'stf'. Did you mean 'sft'? Supported stages: pt, sft, rm, ppo, dpo, "
+                               "kto, grpo.")
 
 
 def test_masking_flag_conflicts(llama3, glm4, make_args):

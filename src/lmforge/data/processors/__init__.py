@@ -44,7 +44,8 @@ __all__ = [
 
 
 def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool = False) -> Processor:
-    """Return the processor of `stage`: pt, sft (with `do_generate`: generation prompts), rm and dpo (pairs), kto.
+    """Return the processor of `stage`: pt, sft (with `do_generate`: generation prompts), rm and dpo (pairs), kto,
+    ppo (prompts only), grpo (prompts with their reference answers).
 
     `packing` (default: on for pt, off for sft) and `neat_packing` choose the packed variants.
     """
@@ -77,6 +78,14 @@ def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool 
         from lmforge.data.processors.feedback import FeedbackProcessor
 
         return FeedbackProcessor(data_args, template, tokenizer)
+    if stage == "ppo":
+        from lmforge.data.processors.prompt import PromptProcessor
+
+        return PromptProcessor(data_args, template, tokenizer)
+    if stage == "grpo":
+        from lmforge.data.processors.grpo import GRPOPromptProcessor
+
+        return GRPOPromptProcessor(data_args, template, tokenizer)
 
     # Validation refuses these first; this guards direct callers.
     if stage in STAGES:
