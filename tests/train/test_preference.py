@@ -69,6 +69,26 @@ def _chosen_preferred(model_dir, adapter, rows: list[int]) -> float:
     return (logps[:half] > logps[half:]).sum().item() / half
 
 
+def _greedy_answers(model_dir, adapter, rows: list[int]) -> list[str]:
+    """Greedy answers of the model (with `adapter`, if any) to the prompts of dpo_en_demo's `rows`."""
+    from lmforge.chat.hf_engine import HFEngine
+    from lmforge.commands.common import load_config
+
+    demo = json.loads((DATA_DIR / "dpo_en_demo.json").read_text())
+    args = [f"model_name_or_path={adapter or model_dir}", "do_sample=false", "max_new_tokens=12", "template=llama3"]
+    engine = HFEngine(load_config("chat", args))
+    return [engine.chat([{"role": "user", "content": demo[row]["instruction"]}]).text for row in rows]
+
+
+def _assert_greedy_turns_polite(model_dir, adapter, rows: list[int]) -> None:
+    """The chosen answers open with "Sure!", the rejected ones with "No.": greedy answers must now open like the first."""
+    before = _greedy_answers(model_dir, None, rows)
+    after = _greedy_answers(model_dir, adapter, rows)
+    assert not any(answer.startswith("Sure!") for answer in before), before
+    assert sum(answer.startswith("Sure!") for answer in after) >= 0.9 * len(rows), after
+    assert not any(answer.startswith("No") for answer in after), after
+
+
 def _log(out) -> list[dict]:
     return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
 
@@ -98,6 +118,22 @@ def test_dpo_learns_the_chosen_style(loss, tiny_llama_dir, tmp_path):
     assert after >= 0.9 > before, (before, after)
     run = json.loads((out / "lmforge_run.json").read_text())
     assert (run["stage"], run["config"]["pref_loss"]) == ("dpo", loss)
+    if loss in ("orpo", "simpo"):
+        # Losses without a reference keep (orpo: a likelihood term) or raise (simpo) the chosen answer's own
+        # likelihood, so greedy answers take its style. The others only widen the gap between the two answers:
+        # see test_a_likelihood_term_makes_greedy_answers_take_the_chosen_style.
+        _assert_greedy_turns_polite(tiny_llama_dir, out, held_out)
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto"])
+def test_a_likelihood_term_makes_greedy_answers_take_the_chosen_style(stage, tiny_llama_dir, tmp_path):
+    """pref_ftx adds an SFT term on the chosen answers, as one would to keep a policy fluent."""
+    out = tmp_path / "run"
+    dataset = "dpo_en_demo" if stage == "dpo" else "kto_en_demo"
+    train(*_settings(tiny_llama_dir, out, stage=stage, dataset=dataset, pref_ftx=1.0))
+    held_out = _eval_rows(tiny_llama_dir, stage, dataset)
+    assert _chosen_preferred(tiny_llama_dir, out, held_out) >= 0.9
+    _assert_greedy_turns_polite(tiny_llama_dir, out, held_out)
 
 
 def test_kto_learns_from_single_answers(tiny_llama_dir, tmp_path):

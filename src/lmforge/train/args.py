@@ -96,7 +96,9 @@ def build_training_args(cfg: RunConfig, resume_from: str | None, args_class: typ
                     "bf16 on this CPU is emulated (about 30x slower than fp32 in lmforge's benchmark); "
                     "remove bf16 to train in fp32."
                 )
-        kwargs.setdefault("use_cpu", True)
+        if not _other_accelerator():
+            # A CPU-only machine: transformers refuses bf16 (every LLaMA-Factory example sets it) unless told so.
+            kwargs["use_cpu"] = True
         kwargs.setdefault("dataloader_pin_memory", False)
     if "ddp_find_unused_parameters" not in kwargs and cfg.finetune.finetuning_type == "lora":
         kwargs["ddp_find_unused_parameters"] = False
@@ -142,6 +144,15 @@ def _check_reporters(report_to) -> None:
             continue  # transformers validates the remaining names itself
         if importlib.util.find_spec(package) is None:
             raise UserError(f"report_to: {name} needs the '{package}' package: pip install {package}")
+
+
+def _other_accelerator() -> bool:
+    """An Apple (mps) or Intel (xpu) GPU, which transformers uses when use_cpu is off."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool((mps and mps.is_available()) or (xpu and xpu.is_available()))
 
 
 def _cpu_has_bf16() -> bool:
