@@ -1,4 +1,4 @@
-"""Step time and peak memory of the preference stages against LoRA SFT on the same model and data.
+"""Step time and peak memory of the preference and RL stages against LoRA SFT on the same model and data.
 
 Run (from the repository root):
 
@@ -9,7 +9,8 @@ Every configuration is one `lmforge train` child process on the demo pairs (`dpo
 on the same rows' chosen answers (the same file, read without `ranking`), so the data is the same.
 Measured per configuration: peak RSS of the child (`os.wait4`, whole run: load, tokenize, train,
 save) and seconds per optimizer step (the Trainer's train_runtime over the steps, the first included). The
-ratio column compares each with LoRA SFT of the same run: LoRA DPO without `ref_model` uses the
+ratio column compares each with LoRA SFT of the same run (a grpo step also samples its completions, so
+its time is mostly generation): LoRA DPO without `ref_model` uses the
 policy with its adapter switched off as the reference, so it needs no second copy of the weights.
 """
 
@@ -31,6 +32,10 @@ CONFIGS = {
     "dpo sigmoid (lora, no ref_model)": {"stage": "dpo", "dataset": "dpo_en_demo", "pref_loss": "sigmoid"},
     "dpo orpo (lora)": {"stage": "dpo", "dataset": "dpo_en_demo", "pref_loss": "orpo"},
     "kto (lora)": {"stage": "kto", "dataset": "kto_en_demo"},
+    "rm (lora)": {"stage": "rm", "dataset": "dpo_en_demo"},
+    # One prompt per step, `batch` sampled completions of up to 32 tokens each, scored by a built-in rule.
+    "grpo (lora, no KL)": {"stage": "grpo", "dataset": "dpo_as_sft", "reward_funcs": "length_penalty",
+                           "max_completion_length": 32, "beta": 0.0},
 }
 
 
@@ -50,6 +55,8 @@ def _run(model: Path, data: Path, out: Path, settings: dict, steps: int, batch: 
             "output_dir": out, "cutoff_len": 256, "max_steps": steps, "per_device_train_batch_size": batch,
             "learning_rate": "1e-4", "logging_steps": 1, "save_steps": 10_000, "report_to": "none",
             "disable_gradient_checkpointing": str(not checkpointing).lower(), **settings}
+    if settings["stage"] == "grpo":
+        args["num_generations"] = batch  # per_device_train_batch_size counts completions
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LMFORGE_PROGRESS": "off"}
     proc = subprocess.Popen([sys.executable, "-m", "lmforge", "train", *[f"{k}={v}" for k, v in args.items()]],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
