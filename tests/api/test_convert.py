@@ -9,7 +9,7 @@ import pytest
 from lmforge.api.convert import build_message, to_conversation
 from lmforge.api.errors import ApiError
 from lmforge.api.protocol import ChatCompletionRequest
-from lmforge.data.converters import TOOL_SEPARATOR
+from lmforge.data.openai_messages import TOOL_SEPARATOR
 from lmforge.data.templates import get_template
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city.",

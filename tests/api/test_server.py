@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from lmforge.data.converters import TOOL_SEPARATOR
+from lmforge.data.openai_messages import TOOL_SEPARATOR
 
 from .serving import KEY
 

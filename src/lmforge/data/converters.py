@@ -34,7 +34,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from lmforge.data.columns import META_COLUMNS
-from lmforge.data.openai_messages import TOOL_SEPARATOR, BadToolCall, merge_tool_results, tool_calls_content
+from lmforge.data.openai_messages import BadToolCall, merge_tool_results, tool_calls_content
 
 if TYPE_CHECKING:
     from lmforge.data.registry import DatasetSpec

@@ -20,7 +20,7 @@ from lmforge.data.files import load_cloud_dataset, load_local_dataset, root_mess
 from lmforge.data.mapping import mapped_columns, unread_columns
 from lmforge.data.registry import FORMATS, DatasetSpec, get_dataset_specs, is_env_enabled
 from lmforge.data.report import DropReport, collect_drops
-from lmforge.errors import UserError, did_you_mean
+from lmforge.errors import UserError
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict

@@ -69,6 +69,23 @@ def training_callbacks(cfg: RunConfig, resume_from: str | None, extra=()) -> lis
     return [*callbacks, *extra]
 
 
+def build_trainer(trainer_class, cfg: RunConfig, resume_from: str | None, callbacks=(), *, dataset=None, args=None,
+                  **kwargs):
+    """`trainer_class` with what every stage gives it: the training arguments (`args`, else the stage's default),
+    lmforge's callbacks, the finetuning settings and `dataset`'s train and eval splits; `kwargs` are the stage's."""
+    from transformers import PrinterCallback
+
+    from lmforge.train.args import build_training_args
+
+    if dataset is not None:
+        kwargs.update(train_dataset=dataset.train_dataset, eval_dataset=dataset.eval_dataset)
+    trainer = trainer_class(args=args or build_training_args(cfg, resume_from),
+                            callbacks=training_callbacks(cfg, resume_from, callbacks), finetuning_args=cfg.finetune,
+                            **kwargs)
+    trainer.remove_callback(PrinterCallback)  # LogCallback prints progress; no raw dicts on the console
+    return trainer
+
+
 def save_final(trainer, tokenizer, output_dir: Path) -> list[str]:
     """Write the final weights and tokenizer next to each other, all at once (staging + rename)."""
     staging = staging_dir(output_dir, "final")

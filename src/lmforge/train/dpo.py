@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from transformers import PrinterCallback
 
 from lmforge.data.collator import FeedbackDataCollator, PairwiseDataCollator
 from lmforge.data.pipeline import get_dataset
 from lmforge.model.tokenizer import load_tokenizer_and_template
-from lmforge.train.args import build_training_args
-from lmforge.train.common import compute_dtype, finish, load_trainable_model, training_callbacks
+from lmforge.train.common import build_trainer, compute_dtype, finish, load_trainable_model
 from lmforge.train.pref_losses import NO_REFERENCE
 from lmforge.train.preference import PreferenceTrainer
 from lmforge.utils.logging import get_logger
@@ -57,19 +55,9 @@ def run_preference(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dic
     model = load_trainable_model(cfg, tokenizer, template)
     ref_model = load_reference_model(cfg, tokenizer) if needs_reference(cfg) else None
     collator_class = FeedbackDataCollator if stage == "kto" else PairwiseDataCollator
-    trainer = PreferenceTrainer(
-        model=model,
-        args=build_training_args(cfg, resume_from),
-        train_dataset=dataset.train_dataset,
-        eval_dataset=dataset.eval_dataset,
-        data_collator=collator_class.from_tokenizer(tokenizer),
-        processing_class=tokenizer,
-        callbacks=training_callbacks(cfg, resume_from, callbacks),
-        finetuning_args=cfg.finetune,
-        stage=stage,
-        ref_model=ref_model,
-    )
+    trainer = build_trainer(
+        PreferenceTrainer, cfg, resume_from, callbacks, dataset=dataset, model=model, processing_class=tokenizer,
+        data_collator=collator_class.from_tokenizer(tokenizer), stage=stage, ref_model=ref_model)
     if ref_model is not None:
         ref_model.to(trainer.args.device)
-    trainer.remove_callback(PrinterCallback)
     return finish(cfg, trainer, tokenizer, template, dataset, resume_from)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from lmforge.data.pipeline import get_dataset
 from lmforge.model.tokenizer import load_tokenizer_and_template
 from lmforge.train.args import WithoutSecrets, build_training_args
-from lmforge.train.common import compute_dtype, finish, load_trainable_model, training_callbacks
+from lmforge.train.common import build_trainer, compute_dtype, finish, load_trainable_model
 from lmforge.train.rewards import build_reward_functions
 from lmforge.train.trainer import ForgeTrainerMixin
 from lmforge.utils.logging import get_logger
@@ -101,21 +100,14 @@ def run_grpo(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
     if cfg.finetune.reward_model:
         rewards.append(load_reward_model(cfg, tokenizer, model.config, args.device, compute_dtype(cfg),
                                          template.recorded_name))
-    trainer = ForgeGRPOTrainer(
-        model=model,
-        reward_funcs=rewards,
-        args=args,
-        train_dataset=_prompts_for_trl(dataset.train_dataset),
-        eval_dataset=_prompts_for_trl(dataset.eval_dataset),
-        processing_class=tokenizer,
-        callbacks=training_callbacks(cfg, resume_from, callbacks),
-        finetuning_args=cfg.finetune,
-    )
+    trainer = build_trainer(
+        ForgeGRPOTrainer, cfg, resume_from, callbacks, args=args, model=model, reward_funcs=rewards,
+        processing_class=tokenizer, train_dataset=_prompts_for_trl(dataset.train_dataset),
+        eval_dataset=_prompts_for_trl(dataset.eval_dataset))
     peft_config = getattr(trainer.model, "peft_config", {})
     if "ref" in peft_config:
         # With beta > 0 trl copies a LoRA policy's adapter as the reference. lmforge's reference for LoRA is the
         # policy with its adapter switched off (as in dpo), which trl uses when there is no such copy; without it
         # the copy is neither kept in memory nor saved next to the trained adapter.
         trainer.model.delete_adapter("ref")
-    trainer.remove_callback(PrinterCallback)
     return finish(cfg, trainer, tokenizer, template, dataset, resume_from)

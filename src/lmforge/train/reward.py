@@ -19,13 +19,11 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from transformers import PrinterCallback
 
 from lmforge.data.collator import PairwiseDataCollator
 from lmforge.data.pipeline import get_dataset
 from lmforge.model.tokenizer import load_tokenizer_and_template
-from lmforge.train.args import build_training_args
-from lmforge.train.common import finish, load_trainable_model, training_callbacks
+from lmforge.train.common import build_trainer, finish, load_trainable_model
 from lmforge.train.trainer import ForgeTrainer
 from lmforge.train.value_head import ValueHeadModel, last_token_index, load_value_head
 from lmforge.utils.logging import get_logger
@@ -114,18 +112,9 @@ def run_rm(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
     if head is not None:  # evaluating or continuing a trained reward model
         model.v_head.load_state_dict(head.state_dict())
         logger.info(f"Value head loaded from {source}")
-    trainer = RewardTrainer(
-        model=model,
-        args=build_training_args(cfg, resume_from),
-        train_dataset=dataset.train_dataset,
-        eval_dataset=dataset.eval_dataset,
-        data_collator=PairwiseDataCollator.from_tokenizer(tokenizer),
-        processing_class=tokenizer,
-        callbacks=training_callbacks(cfg, resume_from, callbacks),
-        finetuning_args=cfg.finetune,
-        compute_metrics=pair_accuracy,
-    )
-    trainer.remove_callback(PrinterCallback)
+    trainer = build_trainer(
+        RewardTrainer, cfg, resume_from, callbacks, dataset=dataset, model=model, processing_class=tokenizer,
+        data_collator=PairwiseDataCollator.from_tokenizer(tokenizer), compute_metrics=pair_accuracy)
     return finish(cfg, trainer, tokenizer, template, dataset, resume_from,
                   predict=lambda: write_predictions(trainer, dataset.eval_dataset, Path(cfg.train.output_dir)))
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from transformers import PrinterCallback
 
 from lmforge.data.collator import SFTDataCollator
 from lmforge.data.pipeline import get_dataset
 from lmforge.model.loader import ATTENTION
 from lmforge.model.tokenizer import load_tokenizer_and_template
-from lmforge.train.args import build_training_args
-from lmforge.train.common import training_callbacks, compute_dtype, finish, load_trainable_model
+from lmforge.train.common import build_trainer, compute_dtype, finish, load_trainable_model
 from lmforge.train.trainer import ForgeTrainer
 
 if TYPE_CHECKING:
@@ -36,16 +34,6 @@ def run_sft(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
         from lmforge.train.metrics import argmax_logits, token_accuracy
 
         metric_kwargs = dict(compute_metrics=token_accuracy, preprocess_logits_for_metrics=argmax_logits)
-    trainer = ForgeTrainer(
-        model=model,
-        args=build_training_args(cfg, resume_from),
-        train_dataset=dataset.train_dataset,
-        eval_dataset=dataset.eval_dataset,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=training_callbacks(cfg, resume_from, callbacks),
-        finetuning_args=cfg.finetune,
-        **metric_kwargs,
-    )
-    trainer.remove_callback(PrinterCallback)  # LogCallback prints progress; no raw dicts on the console
+    trainer = build_trainer(ForgeTrainer, cfg, resume_from, callbacks, dataset=dataset, model=model,
+                            data_collator=collator, processing_class=tokenizer, **metric_kwargs)
     return finish(cfg, trainer, tokenizer, template, dataset, resume_from)

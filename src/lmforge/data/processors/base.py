@@ -123,6 +123,16 @@ class Processor:
             out[name].append([] if name in self.model_columns or name == WARN_COLUMN else 0)
         out["_dataset"][-1], out["_row"][-1], out["_drop"][-1] = dataset, row, reason
 
+    def _kept_row(self, out: dict[str, list[Any]], batch: Mapping[str, Sequence[Any]], index: int, dataset: str,
+                  row: int, drop: str) -> tuple[str | None, str | None] | None:
+        """None for a dropped row (counted in `out` under `drop`); else the kept row's (system, tools)."""
+        if drop:
+            self._add_drop(out, dataset, row, drop)
+            return None
+        check_text_only(batch, index)
+        return (batch["_system"][index] if "_system" in batch else None,
+                batch["_tools"][index] if "_tools" in batch else None)
+
     def _add_row(
         self, out: dict[str, list[Any]], dataset: str, row: int, warnings: Sequence[dict[str, Any]] = (),
         **values: list[int],

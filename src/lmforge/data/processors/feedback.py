@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lmforge.data.processors.base import IGNORE_INDEX, INVALID_TURNS, Processor, check_text_only, row_meta
+from lmforge.data.processors.base import IGNORE_INDEX, INVALID_TURNS, Processor, row_meta
 from lmforge.data.processors.truncation import infer_seqlen
 
 
@@ -49,12 +49,10 @@ class FeedbackProcessor(Processor):
             prompt, response = list(batch["_prompt"][index] or []), responses[index]
             if not drop and (len(prompt) % 2 != 1 or len(response) != 2):
                 drop = INVALID_TURNS  # not a KTO row: one prompt, one answer with its kto_tag
-            if drop:
-                self._add_drop(out, dataset, row, drop)
+            kept = self._kept_row(out, batch, index, dataset, row, drop)
+            if kept is None:
                 continue
-            check_text_only(batch, index)
-            system = batch["_system"][index] if "_system" in batch else None
-            tools = batch["_tools"][index] if "_tools" in batch else None
+            system, tools = kept
             answer, desirable = _answer(response)
             other = responses[index - 1] if len(responses[index - 1]) == 2 else response
             input_ids, labels = self._encode(prompt, answer, system, tools)

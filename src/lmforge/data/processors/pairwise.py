@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lmforge.data.processors.base import IGNORE_INDEX, INVALID_TURNS, Processor, check_text_only, row_meta
+from lmforge.data.processors.base import IGNORE_INDEX, INVALID_TURNS, Processor, row_meta
 from lmforge.data.processors.truncation import infer_seqlen
 
 
@@ -50,11 +50,9 @@ class PairwiseProcessor(Processor):
             prompt, response = list(batch["_prompt"][index] or []), list(batch["_response"][index] or [])
             if not drop and (len(prompt) % 2 != 1 or len(response) != 2):
                 drop = INVALID_TURNS  # not one prompt with a chosen and a rejected answer
-            if drop:
-                self._add_drop(out, dataset, row, drop)
+            kept = self._kept_row(out, batch, index, dataset, row, drop)
+            if kept is None:
                 continue
-            check_text_only(batch, index)
-            system = batch["_system"][index] if "_system" in batch else None
-            tools = batch["_tools"][index] if "_tools" in batch else None
+            system, tools = kept
             self._add_row(out, dataset, row, **self.encode(prompt, response[0], response[1], system, tools))
         return out

@@ -11,13 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lmforge.data.processors.base import (
-    EMPTY_PROMPT,
-    INVALID_TURNS,
-    Processor,
-    check_text_only,
-    row_meta,
-)
+from lmforge.data.processors.base import EMPTY_PROMPT, INVALID_TURNS, Processor, row_meta
 from lmforge.data.processors.truncation import infer_seqlen
 
 
@@ -44,12 +38,10 @@ class PromptProcessor(Processor):
             # One conversation that ends with a user turn; an answer, if any, is a single one.
             if not drop and (len(prompt) % 2 != 1 or len(response) > 1):
                 drop = INVALID_TURNS
-            if drop:
-                self._add_drop(out, dataset, row, drop)
+            kept = self._kept_row(out, batch, index, dataset, row, drop)
+            if kept is None:
                 continue
-            check_text_only(batch, index)
-            system = batch["_system"][index] if "_system" in batch else None
-            tools = batch["_tools"][index] if "_tools" in batch else None
+            system, tools = kept
             input_ids = self.encode(prompt, response, system, tools)
             warnings = []
             if prompt[-1]["role"] == "user" and not (prompt[-1]["content"] or "").strip():

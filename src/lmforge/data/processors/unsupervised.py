@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lmforge.data.processors.base import Processor, check_text_only, empty_turns, row_meta, turn_problem
+from lmforge.data.processors.base import Processor, empty_turns, row_meta, turn_problem
 from lmforge.data.processors.truncation import infer_seqlen
 
 
@@ -48,12 +48,10 @@ class UnsupervisedProcessor(Processor):
             prompt, response = batch["_prompt"][index] or [], batch["_response"][index] or []
             if not drop:
                 drop = turn_problem(prompt, response) or next(iter(empty_turns(prompt, response)), "")
-            if drop:
-                self._add_drop(out, dataset, row, drop)
+            kept = self._kept_row(out, batch, index, dataset, row, drop)
+            if kept is None:
                 continue
-            check_text_only(batch, index)
-            system = batch["_system"][index] if "_system" in batch else None
-            tools = batch["_tools"][index] if "_tools" in batch else None
+            system, tools = kept
             input_ids, labels = self.encode(prompt, response, system, tools)
             self._add_row(out, dataset, row, input_ids=input_ids, attention_mask=[1] * len(input_ids), labels=labels)
         return out
