@@ -209,3 +209,16 @@ def test_gradient_accumulation_matches_one_larger_batch(stage, tiny_llama_dir, t
         ratio = accumulated[key].norm() / batched[key].norm()
         assert abs(ratio - 1) < 0.02, (key, float(ratio))
         torch.testing.assert_close(accumulated[key], batched[key], rtol=0.05, atol=1e-6)
+
+
+def test_a_reference_that_does_not_exist_is_one_line_naming_ref_model(tiny_llama_dir, tmp_path, capsys):
+    from lmforge.cli import main
+
+    argv = ["train", *_settings(tiny_llama_dir, tmp_path / "run", stage="dpo", dataset="dpo_en_demo", max_steps=1,
+                                ref_model=tmp_path / "no-such-model")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.rstrip("\n").splitlines()[-1] == (
+        f"lmforge train: error: Model folder '{tmp_path / 'no-such-model'}' does not exist. Check ref_model, or build "
+        "a tiny test model with `lmforge tiny-model DIR`.")

@@ -25,8 +25,8 @@ def hub_kwargs(model_args: ModelArguments) -> dict:
     }
 
 
-def check_model_path(path: str) -> None:
-    """Fail early, with the fix, when a local-looking model path does not exist."""
+def check_model_path(path: str, key: str = "model_name_or_path") -> None:
+    """Fail early, with the fix, when a local-looking model path (the setting `key`) does not exist."""
     local = Path(path).expanduser()
     if local.exists():
         if local.is_dir() and not (local / "config.json").exists() and not (local / "tokenizer_config.json").exists():
@@ -40,12 +40,12 @@ def check_model_path(path: str) -> None:
                 )
             raise UserError(
                 f"'{path}' is a folder but holds no model (no config.json or tokenizer_config.json). "
-                "Point model_name_or_path at a model folder or a hub id."
+                f"Point {key} at a model folder or a hub id."
             )
         return
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise UserError(
-            f"Model folder '{path}' does not exist. Check model_name_or_path, or build a tiny test model with "
+            f"Model folder '{path}' does not exist. Check {key}, or build a tiny test model with "
             "`lmforge tiny-model DIR`."
         )
 

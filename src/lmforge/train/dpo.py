@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from lmforge.data.collator import FeedbackDataCollator, PairwiseDataCollator
 from lmforge.data.pipeline import get_dataset
+from lmforge.model.loader import check_model_path
 from lmforge.model.tokenizer import load_tokenizer_and_template
 from lmforge.train.common import build_trainer, compute_dtype, finish, load_trainable_model
 from lmforge.train.pref_losses import NO_REFERENCE
@@ -49,6 +50,8 @@ def load_reference_model(cfg: RunConfig, tokenizer):
 def run_preference(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
     """Run dpo or kto training and/or evaluation; return the metrics."""
     stage = cfg.finetune.stage
+    if cfg.finetune.ref_model and needs_reference(cfg):
+        check_model_path(cfg.finetune.ref_model, "ref_model")  # before the policy loads
     tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
     tokenizer.chat_template = template.to_jinja(tokenizer)  # saved with every checkpoint and the result
     dataset = get_dataset(cfg, tokenizer, template, stage=stage)
