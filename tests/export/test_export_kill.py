@@ -18,6 +18,9 @@ import pytest
 
 from tests.export.conftest import export
 
+# Kill-and-rerun matrices take minutes: a command of their own (see README, Run the tests).
+pytestmark = pytest.mark.slow
+
 FILES = ["Modelfile", "chat_template.jinja", "config.json", "generation_config.json", "lmforge_export.json",
          "model-f16.gguf", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
 

@@ -23,6 +23,9 @@ import torch
 
 from tests.train.conftest import load_safetensors, tiny_args
 
+# Kill-and-rerun matrices take minutes: a command of their own (see README, Run the tests).
+pytestmark = pytest.mark.slow
+
 MAX_STEPS, SAVE_STEPS = 12, 4  # checkpoints 4, 8 and 12 (the Trainer also saves at the last step)
 POLL_S = 0.002
 TIMEOUT_S = 300
@@ -132,3 +135,34 @@ def test_killed_run_resumes_to_the_same_weights(moment, when, complete, resumed_
     assert steps_and_losses(out) == steps_and_losses(uninterrupted)
     # The same files: no staging folder, no half-written leftover.
     assert listing(out) == listing(uninterrupted)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_same_weights(uninterrupted, tiny_llama_dir,
+                                                                              tmp_path):
+    """SIGTERM (LLaMA Board's Abort, `kill`) ends the step, saves a checkpoint there and exits without final weights."""
+    out, log = tmp_path / "run", tmp_path / "stopped.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(command(tiny_llama_dir, out), env=environment(tmp_path), stdout=handle,
+                                   stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (out / "checkpoint-4").is_dir():  # stop between two checkpoints
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(POLL_S)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=TIMEOUT_S) == 1
+    text = log.read_text()
+    step = json.loads(Path(out / "trainer_log.jsonl").read_text().splitlines()[-1])["current_steps"]
+    assert 4 <= step < MAX_STEPS
+    assert text.rstrip("\n").splitlines()[-1] == (
+        f"lmforge train: error: Stopped by SIGTERM after step {step}: {out}/checkpoint-{step} is saved. Run the same "
+        "command again to resume from it.")
+    assert "Traceback" not in text
+    assert (out / f"checkpoint-{step}" / "adapter_model.safetensors").is_file()
+    assert not (out / "lmforge_run.json").exists() and not (out / "adapter_model.safetensors").exists()
+
+    text = run_to_end(tiny_llama_dir, out, tmp_path, tmp_path / "rerun.log")
+    assert f"Resuming from {out / f'checkpoint-{step}'} (found in output_dir)" in text
+    final, expected = load_safetensors(out / "adapter_model.safetensors"), load_safetensors(
+        uninterrupted / "adapter_model.safetensors")
+    assert all(torch.equal(final[name], expected[name]) for name in expected)
+    assert steps_and_losses(out) == steps_and_losses(uninterrupted)

@@ -67,6 +67,11 @@ def load_aligned_datasets(
     return merge_datasets(loaded, data_args, seed)
 
 
+def fits_stage(spec: DatasetSpec, stage: str) -> bool:
+    """Whether `stage` can train on `spec`: preference data for rm/dpo only, feedback data for kto only."""
+    return spec.ranking == (stage in RANKING_STAGES) and bool(spec.columns.kto_tag) == (stage == "kto")
+
+
 def load_aligned_dataset(
     spec: DatasetSpec,
     data_args: DataArguments,

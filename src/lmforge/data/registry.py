@@ -195,6 +195,26 @@ def _download_remote_info(repo: str) -> str:
         ) from None
 
 
+def list_datasets(dataset_dir: str) -> tuple[list[DatasetSpec], list[str]]:
+    """Every entry of `dataset_dir`'s dataset_info.json that parses, and one message per problem.
+
+    For pickers (LLaMA Board): a broken file or entry is reported with its text, never hidden.
+    Raises UserError when dataset_info.json itself cannot be read.
+    """
+    info_path = os.path.join(dataset_dir, DATA_CONFIG)
+    info = _read_info(info_path, dataset_dir)
+    where = os.path.abspath(info_path)
+    specs, problems = [], []
+    for name, entry in info.items():
+        entry_problems: list[str] = []
+        spec = _parse_entry(name, entry, dataset_dir, info_path, where, entry_problems)
+        if entry_problems:
+            problems.append(f"Invalid dataset definition in {where}: {' '.join(entry_problems)}")
+        elif spec is not None:
+            specs.append(spec)
+    return specs, problems
+
+
 def _read_info(info_path: str, dataset_dir: str | None = None) -> dict[str, Any]:
     if not os.path.isfile(info_path):
         folder = os.path.abspath(dataset_dir if dataset_dir is not None else os.path.dirname(info_path))

@@ -60,8 +60,9 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
 def training_callbacks(cfg: RunConfig, resume_from: str | None, extra=()) -> list:
     """The log/progress callback, early stopping when asked, and the caller's own callbacks."""
     from lmforge.train.callbacks import LogCallback
+    from lmforge.train.stop import StopOnSignal
 
-    callbacks = [LogCallback(cfg.train.output_dir, resuming=resume_from is not None)]
+    callbacks = [LogCallback(cfg.train.output_dir, resuming=resume_from is not None), StopOnSignal()]
     if cfg.finetune.early_stopping_steps:
         from transformers import EarlyStoppingCallback
 
@@ -105,6 +106,9 @@ def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_
     all_metrics: dict = {}
     if cfg.train.do_train:
         result = trainer.train(resume_from_checkpoint=resume_from)
+        for callback in trainer.callback_handler.callbacks:
+            if hasattr(callback, "check"):  # StopOnSignal: stopped by SIGTERM, with a checkpoint and no final save
+                callback.check(str(out), trainer.state.global_step, trainer.state.max_steps)
         save_final(trainer, tokenizer, out)
         metrics = dict(result.metrics)
         tokens = getattr(trainer.state, "num_input_tokens_seen", 0)

@@ -121,6 +121,7 @@ class PPOTrainer:
         from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, TrainerControl, TrainerState
 
         from lmforge.train.callbacks import LogCallback
+        from lmforge.train.stop import StopOnSignal
 
         self.cfg, self.ft, self.model, self.reward, self.tokenizer = cfg, cfg.finetune, model, reward, tokenizer
         self.args = args
@@ -155,8 +156,9 @@ class PPOTrainer:
                                   train_batch_size=self.batch_size, num_train_epochs=math.ceil(
                                       total * self.batch_size / max(len(self.prompts), 1)))
         self.control = TrainerControl()
+        self.stop = StopOnSignal()
         handlers = [DefaultFlowCallback(), LogCallback(cfg.train.output_dir, resuming=resume_from is not None),
-                    *callbacks]
+                    self.stop, *callbacks]
         handlers += [c() for c in get_reporting_integration_callbacks(args.report_to)]
         self.callbacks = CallbackHandler(handlers, model, tokenizer, self.optimizer, self.scheduler)
         self.resume_from = resume_from
@@ -324,9 +326,10 @@ class PPOTrainer:
                 self.log({**logs, "learning_rate": learning_rate, "epoch": round(state.epoch, 4)})
                 pending = {}
             self.callbacks.on_step_end(args, state, self.control)
-            if self.every("save") and state.global_step < state.max_steps:
+            if (self.every("save") or self.stop.received) and state.global_step < state.max_steps:
                 self.save_checkpoint()
         self.callbacks.on_train_end(args, state, self.control)
+        self.stop.check(args.output_dir, state.global_step, state.max_steps)
         runtime = time.time() - start
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
         return {"train_runtime": round(runtime, 4), "train_loss": sum(losses) / max(len(losses), 1),

@@ -37,8 +37,10 @@ def build_chat_page(engine, heading: str | None = None) -> gr.Blocks:
     return page
 
 
-def render_chat(engine) -> dict[str, Any]:
-    """Add the chat components to the open Blocks context; return them by name (for tests and embedding)."""
+def render_chat(engine, with_tools: bool = False) -> dict[str, Any]:
+    """Add the chat components to the open Blocks context; return them by name (for tests and embedding).
+
+    `with_tools`: a Tools (JSON) box whose function definitions go with every message (checked first)."""
     defaults = engine.generating
     history = gr.State([])
     chatbot = gr.Chatbot(label="Chat", elem_id="chatbot", height=480, buttons=["copy"], feedback_options=None)
@@ -53,6 +55,8 @@ def render_chat(engine) -> dict[str, Any]:
             with gr.Column(scale=3):
                 system = gr.Textbox(label="System prompt", value=defaults.system or "", lines=6,
                                     placeholder="Empty: the template's default system prompt", elem_id="system")
+                tools = gr.Textbox(label="Tools (JSON)", lines=4, elem_id="tools", visible=with_tools,
+                                   placeholder='[{"name": "...", "description": "...", "parameters": {...}}]')
             with gr.Column(scale=2):
                 do_sample = gr.Checkbox(label="Sample (off: greedy decoding)", value=defaults.do_sample,
                                         elem_id="do_sample")
@@ -76,7 +80,7 @@ def render_chat(engine) -> dict[str, Any]:
     def reset():
         return [], [], gr.update(value="", interactive=True), gr.update(interactive=True)
 
-    inputs = [history, system, max_new_tokens, top_p, temperature, do_sample]
+    inputs = [history, system, max_new_tokens, top_p, temperature, do_sample, tools]
     turn = gr.on([query.submit, send.click], add_user_turn, [query, history], [query, send, chatbot, history],
                  queue=False, api_visibility="private")
     reply = turn.then(answer, inputs, [chatbot, history], concurrency_limit=1, api_name="chat",
@@ -91,7 +95,7 @@ def render_chat(engine) -> dict[str, Any]:
           api_visibility="private")
     do_sample.change(lambda on: (gr.update(interactive=on), gr.update(interactive=on)), do_sample,
                      [top_p, temperature], queue=False, api_visibility="private")
-    return dict(chatbot=chatbot, history=history, query=query, send=send, system=system,
+    return dict(chatbot=chatbot, history=history, query=query, send=send, system=system, tools=tools,
                 max_new_tokens=max_new_tokens, top_p=top_p, temperature=temperature, do_sample=do_sample,
                 clear=clear)
 
@@ -107,7 +111,7 @@ def add_user_turn(text: str, messages: list[dict]):
 
 
 def stream_answer(engine, messages: list[dict], system_prompt: str, max_new_tokens: float, top_p: float,
-                  temperature: float, do_sample: bool) -> Iterator[list[dict]]:
+                  temperature: float, do_sample: bool, tools: str = "") -> Iterator[list[dict]]:
     """Yield the conversation after each generated piece, ending with the answer so far.
 
     An empty assistant message comes first, so that the history alternates even if nothing is generated.
@@ -120,8 +124,10 @@ def stream_answer(engine, messages: list[dict], system_prompt: str, max_new_toke
     text = ""
     yield [*messages, {"role": "assistant", "content": text}]
     try:
-        pieces = engine.stream_chat(messages, system=system_prompt.strip() or None, max_new_tokens=int(max_new_tokens),
-                                    top_p=top_p, temperature=temperature, do_sample=bool(do_sample))
+        tools_json = check_tools(tools)
+        pieces = engine.stream_chat(messages, system=system_prompt.strip() or None, tools=tools_json,
+                                    max_new_tokens=int(max_new_tokens), top_p=top_p, temperature=temperature,
+                                    do_sample=bool(do_sample))
         for piece in pieces:
             text += piece
             # A fresh list each time: Gradio diffs consecutive outputs and must not see one object mutate.
@@ -136,6 +142,25 @@ def stream_answer(engine, messages: list[dict], system_prompt: str, max_new_toke
         reference = secrets.token_hex(4)
         logger.exception(f"webchat: generating an answer failed (reference {reference})")
         raise gr.Error(GENERIC_ERROR.format(reference=reference), print_exception=False) from None
+
+
+def check_tools(text: str | None) -> str | None:
+    """The Tools box as the JSON text the templates take, None when empty; UserError when it is not a list of
+    function definitions."""
+    import json
+
+    if not (text or "").strip():
+        return None
+    try:
+        tools = json.loads(text)
+    except ValueError as err:
+        raise UserError(f"Tools (JSON) is not valid JSON: {err}.") from None
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools):
+        raise UserError('Tools (JSON) must be a list of function definitions, each with a "name" (and '
+                        '"description", "parameters").')
+    return json.dumps(tools, ensure_ascii=False)
 
 
 def _widen(bounds: tuple[float, float], value: float | None) -> tuple[float, float]:

@@ -65,7 +65,7 @@ def is_loopback(server_name: str) -> bool:
         return False  # a host name other than localhost may resolve to any interface
 
 
-def login_settings(server_name: str, share: bool, environ=None) -> list[tuple[str, str]] | None:
+def login_settings(server_name: str, share: bool, environ=None, command: str = "webchat") -> list[tuple[str, str]] | None:
     """The (user, password) pairs of GRADIO_AUTH and GRADIO_AUTH_FILE; None for an open page.
 
     Refuses an open page that other machines can reach, unless GRADIO_ALLOW_UNAUTHENTICATED is true.
@@ -82,7 +82,7 @@ def login_settings(server_name: str, share: bool, environ=None) -> list[tuple[st
     allowed = _flag(environ, "GRADIO_ALLOW_UNAUTHENTICATED")
     if not logins and (share or not is_loopback(server_name)) and not allowed:
         where = "a public share link (GRADIO_SHARE)" if share else f"{server_name} (reachable from other machines)"
-        raise UserError(f"lmforge webchat would serve {where} without a login. Set GRADIO_AUTH=user:password (or "
+        raise UserError(f"lmforge {command} would serve {where} without a login. Set GRADIO_AUTH=user:password (or "
                         "GRADIO_AUTH_FILE to a file of user:password lines), or GRADIO_ALLOW_UNAUTHENTICATED=true "
                         "to serve it open anyway.")
     return logins or None
@@ -110,7 +110,8 @@ def _read_logins(path: Path) -> list[tuple[str, str]]:
     return logins
 
 
-def launch(page, server_name: str, server_port: int, share: bool, auth: list[tuple[str, str]] | None) -> None:
+def launch(page, server_name: str, server_port: int, share: bool, auth: list[tuple[str, str]] | None,
+           auth_message: str = "Log in to chat with the model.") -> None:
     """Start serving `page` in the background (as `lmforge webchat` does); UserError when it cannot listen."""
     page.queue(default_concurrency_limit=1)
     try:
@@ -119,7 +120,7 @@ def launch(page, server_name: str, server_port: int, share: bool, auth: list[tup
         # lmforge's messages (see chat_page.stream_answer) and the traceback goes to the server log.
         page.launch(server_name=server_name, server_port=server_port, share=share, prevent_thread_lock=True,
                     quiet=True, show_error=False, run_history=False, auth=auth,
-                    auth_message="Log in to chat with the model." if auth else None)
+                    auth_message=auth_message if auth else None)
     except OSError:
         raise UserError(f"Cannot listen on {server_name}:{server_port}: the port is in use, or the address is not "
                         "one of this machine's. Set GRADIO_SERVER_PORT to a free port (and GRADIO_SERVER_NAME to an "
