@@ -263,15 +263,79 @@ def test_board_trains_resumes_chats_and_exports(project, tmp_path):
         expect(page.locator("#start")).to_have_text("开始")
 
 
-def test_a_failed_job_shows_its_exit_code_and_its_error(project):
+def test_preview_settings_files_prediction_chat_errors_and_a_failed_job(project, tmp_path):
     with running_board(project) as board, chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(board["url"])
         wait_text(page, "data_status", r"datasets in data")
         pick(page, "dataset", "identity")
+
+        # The rows as the template renders them, two per page, trained text marked.
+        page.locator("#preview_data").click()
+        first = wait_text(page, "preview_box", r"identity row", 120_000)
+        assert first.count("--- identity row") == 2 and "<|start_header_id|>user<|end_header_id|>" in first
+        fill(page, "preview_page", "2")
+        page.locator("#preview_data").click()
+        second = wait_text(page, "preview_box", r"^(?!" + re.escape(first) + r"$)", 120_000)
+        assert second.count("--- identity row") == 2 and second != first
+
+        # Settings saved to a YAML and loaded back.
+        fill(page, "learning_rate", "3e-4")
+        fill(page, "config_path", "my_settings.yaml")
+        page.locator("#save_args").click()
+        wait_text(page, "train_msg", r"Settings saved to my_settings.yaml")
+        saved = (project / "my_settings.yaml").read_text()
+        assert "learning_rate: 0.0003" in saved and "dataset: identity" in saved
+        fill(page, "learning_rate", "1e-2")
+        page.locator("#load_args").click()
+        wait_text(page, "train_msg", r"Settings loaded from my_settings.yaml")
+        assert float(page.locator("#learning_rate input, #learning_rate textarea").first.input_value()) == 3e-4
+
+        # Prediction on the base model: generated answers scored; the scores appear when the job ends.
+        page.get_by_role("tab", name="Evaluate & Predict").click()
+        pick(page, "eval_dataset", "identity")
+        fill(page, "eval_max_samples", "4")
+        fill(page, "max_new_tokens", "8")
+        page.locator("#eval_start").click()
+        wait_text(page, "eval_status", r"Finished")
+        shown = wait_text(page, "eval_results", r"predict_bleu-4")  # a code box: its label and line numbers, then JSON
+        results = json.loads(shown[shown.index("{"):shown.rindex("}") + 1])
+        assert {"predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l"} <= set(results)
+
+        # Chat: nothing loaded yet, tools that are not JSON, then a model loaded and unloaded.
+        page.get_by_role("tab", name="Chat").click()
+        page.locator("#query textarea").fill("hi")
+        page.locator("#send").click()
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=toast-body]')].some("
+                               "t => t.innerText.includes('Load a model first'))", timeout=30_000)
+        page.locator("#load_model").click()
+        wait_text(page, "chat_status", r"Model loaded: models/tiny-llama", 120_000)
+        page.locator("#tools textarea").fill("[{name: x}]")
+        page.locator("#query textarea").fill("hi")
+        page.locator("#send").click()
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=toast-body]')].some("
+                               "t => t.innerText.includes('Tools (JSON) is not valid JSON'))", timeout=30_000)
+        page.locator("#unload_model").click()
+        wait_text(page, "chat_status", r"Model unloaded")
+
+        # A job that fails: its exit code, lmforge's one-line error and its log.
+        page.get_by_role("tab", name="Train").click()
         fill(page, "model_path", "./models/no-such-model")
         page.locator("#start").click()
         failed = wait_text(page, "job_status", r"Failed")
         assert "Failed with exit code 1." in failed
         assert "lmforge train: error: Model folder './models/no-such-model' does not exist." in failed
         assert "./models/no-such-model" in page.locator("#log_box textarea").input_value()
+
+
+def test_an_open_board_beyond_loopback_is_refused_without_a_login(project):
+    env = dict(os.environ, GRADIO_SERVER_NAME="0.0.0.0")
+    for name in ("GRADIO_AUTH", "GRADIO_AUTH_FILE", "GRADIO_ALLOW_UNAUTHENTICATED", "GRADIO_SHARE"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "lmforge", "webui"], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "lmforge webui: error: lmforge webui would serve 0.0.0.0 (reachable from other machines) without a login. "
+        "Set GRADIO_AUTH=user:password (or GRADIO_AUTH_FILE to a file of user:password lines), or "
+        "GRADIO_ALLOW_UNAUTHENTICATED=true to serve it open anyway.")
