@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
+import urllib.request
 
 import pytest
 
@@ -27,3 +29,21 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+def wait_until_serving(process, url: str, log_path, name: str, timeout_s: float) -> None:
+    """Wait until the page server `process` (command `name`) said "running on" in its log and `url` answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"lmforge {name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"lmforge {name} did not answer on {url} in {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+        if "running on" in log_path.read_text():
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+        time.sleep(0.5)

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pytest
 
 from tests.api.serving import free_port
 from tests.conftest import DATA_DIR, REPO_ROOT
-from tests.webui.browser import chromium
+from tests.webui.browser import chromium, wait_until_serving
 
 STARTUP_TIMEOUT_S = 240
 JOB_TIMEOUT_MS = 300_000
@@ -68,19 +67,7 @@ def running_board(project: Path) -> Iterator[dict]:
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"lmforge webui exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            if "running on" in log_path.read_text():
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-            time.sleep(0.5)
+        wait_until_serving(process, url, log_path, "webui", STARTUP_TIMEOUT_S)
         yield {"url": url, "log": log_path}
     finally:
         os.killpg(process.pid, signal.SIGTERM)

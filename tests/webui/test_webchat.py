@@ -12,15 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.api.serving import free_port
-from tests.webui.browser import chromium
+from tests.webui.browser import chromium, wait_until_serving
 
 STARTUP_TIMEOUT_S = 240  # import torch + gradio and load the model, on a busy 2-core machine
 ANSWER_TIMEOUT_MS = 60_000
@@ -42,21 +40,7 @@ def running_webchat(run_dir: Path, tmp: Path) -> Iterator[dict]:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"lmforge webchat exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"lmforge webchat did not answer on {url} in {STARTUP_TIMEOUT_S} s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            if "running on" in log_path.read_text():
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-            time.sleep(0.5)
+        wait_until_serving(process, url, log_path, "webchat", STARTUP_TIMEOUT_S)
         yield {"url": url, "port": port, "log": log_path}
     finally:
         process.send_signal(signal.SIGINT)  # Gradio's own shutdown path

@@ -467,37 +467,25 @@ class Board:
         return updates + [locales.message(lang, "loaded_args", path=values["config_path"])]
 
     def start_train(self, data: dict):
-        values = self._values_or_error(data)
-        if isinstance(values, str):
-            return values
-        try:
-            settings = self._train_settings(values)
-            forms.check("train", settings, self.cache / "scratch")
-        except UserError as err:
-            return _error("train", err)
-        return self._submitted(self.jobs.submit("train", "train", settings, settings["output_dir"]), values["lang"])
+        return self._start(data, "train", "train", self._train_settings, "output_dir")
 
     def start_predict(self, data: dict):
-        values = self._values_or_error(data)
-        if isinstance(values, str):
-            return values
-        try:
-            settings = forms.predict_settings(values)
-            forms.check("train", settings, self.cache / "scratch")
-        except UserError as err:
-            return _error("train", err)
-        return self._submitted(self.jobs.submit("predict", "train", settings, settings["output_dir"]), values["lang"])
+        return self._start(data, "predict", "train", forms.predict_settings, "output_dir")
 
     def start_export(self, data: dict):
+        return self._start(data, "export", "export", forms.export_settings, "export_dir")
+
+    def _start(self, data: dict, kind: str, command: str, build, output_key: str) -> str:
+        """Build the job's settings from the page, check them as `lmforge COMMAND` would, then queue the job."""
         values = self._values_or_error(data)
         if isinstance(values, str):
             return values
         try:
-            settings = forms.export_settings(values)
-            forms.check("export", settings, self.cache / "scratch")
+            settings = build(values)
+            forms.check(command, settings, self.cache / "scratch")
         except UserError as err:
-            return _error("export", err)
-        return self._submitted(self.jobs.submit("export", "export", settings, settings["export_dir"]), values["lang"])
+            return _error(command, err)
+        return self._submitted(self.jobs.submit(kind, command, settings, settings[output_key]), values["lang"])
 
     def _submitted(self, job, lang: str) -> str:
         key = "queued_behind" if job.status == "queued" else "submitted"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmforge.webui.board import Board
-from lmforge.webui.webchat import is_loopback, launch
+from lmforge.webui.webchat import announce, launch
 
 
 def serve_board(server_name: str, server_port: int, share: bool, auth, lang: str = "en") -> None:
@@ -13,14 +13,8 @@ def serve_board(server_name: str, server_port: int, share: bool, auth, lang: str
     page = board.build()
     board.jobs.start_scheduler()
     launch(page, server_name, server_port, share, auth, auth_message="Log in to LLaMA Board.")
-    print(f"lmforge webui: running on {page.local_url}", flush=True)
+    announce("webui", page, server_name, auth)
     print(f"lmforge webui: jobs and settings in {board.cache}; runs in {board.saves}", flush=True)
-    if auth:
-        print(f"lmforge webui: login required ({len(auth)} user{'s' if len(auth) > 1 else ''}).", flush=True)
-    if not is_loopback(server_name):
-        print(f"lmforge webui: listening on {server_name}: other machines can reach this page.", flush=True)
-    if page.share_url:
-        print(f"lmforge webui: public share link {page.share_url}", flush=True)
     print("lmforge webui: press Ctrl+C to stop (running jobs go on).", flush=True)
     try:
         page.block_thread()

@@ -139,12 +139,17 @@ def serve(cfg: RunConfig) -> None:
     heading = f"## lmforge webchat\nModel `{cfg.model.model_name_or_path}`, template `{engine.template.name}`"
     page = build_chat_page(engine, heading=heading)
     launch(page, server_name, server_port, share, auth)
-    print(f"lmforge webchat: running on {page.local_url}", flush=True)
-    if auth:
-        print(f"lmforge webchat: login required ({len(auth)} user{'s' if len(auth) > 1 else ''}).", flush=True)
-    if not is_loopback(server_name):
-        print(f"lmforge webchat: listening on {server_name}: other machines can reach this page.", flush=True)
-    if page.share_url:
-        print(f"lmforge webchat: public share link {page.share_url}", flush=True)
+    announce("webchat", page, server_name, auth)
     print("lmforge webchat: press Ctrl+C to stop.", flush=True)
     page.block_thread()
+
+
+def announce(command: str, page, server_name: str, auth) -> None:
+    """Say where the page is, whether it needs a login, and whether other machines can reach it."""
+    print(f"lmforge {command}: running on {page.local_url}", flush=True)
+    if auth:
+        print(f"lmforge {command}: login required ({len(auth)} user{'s' if len(auth) > 1 else ''}).", flush=True)
+    if not is_loopback(server_name):
+        print(f"lmforge {command}: listening on {server_name}: other machines can reach this page.", flush=True)
+    if page.share_url:
+        print(f"lmforge {command}: public share link {page.share_url}", flush=True)
