@@ -24,5 +24,10 @@ def run(cfg: RunConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    run(load_config("train", argv))
+    cfg = load_config("train", argv)  # checked once, before any process starts
+    from lmforge.train import launcher
+
+    if launcher.wanted():
+        return launcher.launch(argv)
+    run(cfg)
     return 0

@@ -121,7 +121,17 @@ def tokenize_split(dataset, data_args: DataArguments, processor, report: DropRep
 
 
 def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, generate_eval: bool = False) -> DatasetModule:
-    """Tokenized train/eval datasets for the run (loaded from `tokenized_path` when it exists)."""
+    """Tokenized train/eval datasets for the run (loaded from `tokenized_path` when it exists).
+
+    In a multi-process run the main process prepares them first; the others then read its caches.
+    """
+    from lmforge.utils.distributed import main_process_first
+
+    with main_process_first():
+        return _get_dataset(cfg, tokenizer, template, stage, generate_eval)
+
+
+def _get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None, generate_eval: bool) -> DatasetModule:
     from lmforge.data.processors import get_processor
 
     data = cfg.data
@@ -147,8 +157,10 @@ def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, g
                 f"No valid {'training' if name == TRAIN_SPLIT else 'evaluation'} samples are left after tokenization "
                 f"(cutoff_len {data.cutoff_len}): {details}. Run `lmforge data check` on this config for details."
             )
-    # Every drop, warning and unread column reaches the training (and prediction) log, one line each.
-    for line in module.summary_lines():
+    # Every drop, warning and unread column reaches the training (and prediction) log, one line each (once).
+    from lmforge.utils.distributed import is_main_process
+
+    for line in module.summary_lines() if is_main_process() else ():
         logger.warning(line)
 
     if data.tokenized_path:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.train.outputs import write_run_file
-from lmforge.utils.atomic import publish_files, staging_dir
+from lmforge.utils.atomic import STAGING_PREFIX, publish_files, staging_dir
 from lmforge.utils.logging import get_logger
 
 if TYPE_CHECKING:
@@ -88,11 +88,19 @@ def build_trainer(trainer_class, cfg: RunConfig, resume_from: str | None, callba
 
 
 def save_final(trainer, tokenizer, output_dir: Path) -> list[str]:
-    """Write the final weights and tokenizer next to each other, all at once (staging + rename)."""
-    staging = staging_dir(output_dir, "final")
+    """Write the final weights and tokenizer next to each other, all at once (staging + rename).
+
+    Every process calls it (a sharded model is gathered by save_model); the main process writes."""
+    main = trainer.is_world_process_zero()
+    staging = staging_dir(output_dir, "final") if main else output_dir / f"{STAGING_PREFIX}final"
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))
-    tokenizer.save_pretrained(str(staging))
-    return publish_files(staging, output_dir)
+    published = []
+    if main:
+        tokenizer.save_pretrained(str(staging))
+        published = publish_files(staging, output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return published
 
 
 def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_from: str | None,
@@ -118,7 +126,7 @@ def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_
         trainer.save_metrics("train", metrics)
         trainer.save_state()
         all_metrics.update(metrics)
-        if cfg.finetune.plot_loss:
+        if cfg.finetune.plot_loss and trainer.is_world_process_zero():
             from lmforge.train.plotting import plot_keys, plot_losses
 
             for path in plot_losses(trainer.state.log_history, out, plot_keys(cfg.finetune.stage)):
@@ -138,6 +146,6 @@ def finish(cfg: RunConfig, trainer, tokenizer, template, dataset_module, resume_
         all_metrics.update(metrics)
     if predict is not None and cfg.train.do_predict:
         all_metrics.update(predict())
-    if cfg.train.do_train:
+    if cfg.train.do_train and trainer.is_world_process_zero():
         write_run_file(cfg, out, template.recorded_name)
     return all_metrics

@@ -115,6 +115,7 @@ def write_run_file(cfg: RunConfig, output_dir: Path, template_name: str | None, 
         "model_name_or_path": absolute_if_local(cfg.model.model_name_or_path),
         "adapter_name_or_path": [absolute_if_local(p) for p in cfg.model.adapter_name_or_path or []] or None,
         "template": template_name,
+        "processes": int(os.environ.get("WORLD_SIZE", "1") or 1),  # the ranks that trained it (torchrun)
         "config": without_secrets(cfg.to_flat_dict()),  # tokens never reach a file
     }
     if extra:

@@ -17,12 +17,16 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_known_warnings()
     from lmforge.train.outputs import prepare_output_dir
+    from lmforge.utils import distributed
 
-    resume_from = prepare_output_dir(cfg)
+    # A launched run joins its process group first; only the main process touches output_dir.
+    distributed.init(cfg.train.ddp_timeout)
+    resume_from = prepare_output_dir(cfg) if distributed.is_main_process() else None
+    resume_from = distributed.broadcast(resume_from)
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
-    with _tensorboard_dir(cfg.train.logging_dir):
+    with _tensorboard_dir(cfg.train.logging_dir), distributed.peer_failures_as_errors():
         return _run_stage(cfg, resume_from, callbacks)
 
 

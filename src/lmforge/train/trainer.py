@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import Seq2SeqTrainer
 from transformers.trainer_utils import rotate_checkpoints
 
-from lmforge.utils.atomic import fsync_tree, staging_dir
+from lmforge.utils.atomic import STAGING_PREFIX, fsync_tree, staging_dir
 
 
 class ForgeTrainerMixin:
@@ -43,13 +43,17 @@ class ForgeTrainerMixin:
     def _save_checkpoint(self, model, trial):
         final_dir = Path(self.args.output_dir)
         name = f"checkpoint-{self.state.global_step}"
-        staging = staging_dir(final_dir, name)
+        # Every rank writes into the staging folder (its RNG state, its optimizer shard); the main process
+        # makes it and, once all are done, renames it.
+        staging = staging_dir(final_dir, name) if self.args.should_save else final_dir / f"{STAGING_PREFIX}{name}"
+        self.accelerator.wait_for_everyone()
         real_output_dir = self.args.output_dir
         self.args.output_dir = str(staging)
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = real_output_dir
+        self.accelerator.wait_for_everyone()
         written = staging / name
         best = self.state.best_model_checkpoint
         if best and Path(best).parent == staging:

@@ -1,0 +1,150 @@
+"""`lmforge train` on several processes (torchrun, gloo on CPU): the same training as one process, and no rank left behind.
+
+With the same global batch (per-device batch x processes x accumulation), DDP on 2 processes gives the
+losses of one process step by step: the processes take consecutive batches of the same shuffled order,
+and their gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.train.conftest import tiny_args
+
+TIMEOUT_S = 300
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    return [(r["current_steps"], r["loss"]) for r in records if "loss" in r]
+
+
+def listing(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+
+def env(tmp: Path, **extra) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            "HF_DATASETS_CACHE": str(tmp / "datasets"), **extra}
+
+
+def train(args: list[str], environ: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmforge", "train", *args], env=environ, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("finetuning_type", ["lora", "full"])
+def test_two_processes_train_exactly_like_one(finetuning_type, tiny_llama_dir, tmp_path):
+    common = dict(max_steps=6, save_steps=3, logging_steps=1, seed=0, finetuning_type=finetuning_type,
+                  learning_rate="5e-3" if finetuning_type == "lora" else "1e-4")
+    one = train(tiny_args(tiny_llama_dir, tmp_path / "one", per_device_train_batch_size=4, **common), env(tmp_path))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = train(tiny_args(tiny_llama_dir, tmp_path / "two", per_device_train_batch_size=2, **common),
+                env(tmp_path, FORCE_TORCHRUN="1", NPROC_PER_NODE="2"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "Launching torchrun --nproc-per-node 2" in two.stderr
+    single, ddp = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [step for step, _ in ddp] == [1, 2, 3, 4, 5, 6]
+    for (_, a), (_, b) in zip(single, ddp, strict=True):
+        assert abs(a - b) < 1e-4, (single, ddp)
+    assert json.loads((tmp_path / "two" / "lmforge_run.json").read_text())["processes"] == 2
+    # Only the main process writes: the folder looks like a single-process run's (each rank's RNG state aside).
+    extra = {"checkpoint-3/rng_state_0.pth", "checkpoint-3/rng_state_1.pth", "checkpoint-6/rng_state_0.pth",
+             "checkpoint-6/rng_state_1.pth"}
+    assert set(listing(tmp_path / "two")) - extra == set(listing(tmp_path / "one")) - {"checkpoint-3/rng_state.pth",
+                                                                                          "checkpoint-6/rng_state.pth"}
+
+
+def test_two_nodes_on_one_machine_train_like_one_process(tiny_llama_dir, tmp_path):
+    """NNODES=2, one process each, the same command with its NODE_RANK: LLaMA-Factory's multi-node recipe."""
+    args = tiny_args(tiny_llama_dir, tmp_path / "two-nodes", per_device_train_batch_size=2, max_steps=4,
+                     logging_steps=1, seed=0)
+    nodes = {"FORCE_TORCHRUN": "1", "NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(free_port())}
+    started = [subprocess.Popen([sys.executable, "-m", "lmforge", "train", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env(tmp_path, NODE_RANK=str(rank), **nodes))
+               for rank in (0, 1)]
+    outputs = [process.communicate(timeout=TIMEOUT_S)[0] for process in started]
+    assert [process.returncode for process in started] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    one = train(tiny_args(tiny_llama_dir, tmp_path / "one", per_device_train_batch_size=4, max_steps=4,
+                          logging_steps=1, seed=0), env(tmp_path))
+    assert one.returncode == 0, one.stderr[-3000:]
+    for (_, a), (_, b) in zip(losses(tmp_path / "one"), losses(tmp_path / "two-nodes"), strict=True):
+        assert abs(a - b) < 1e-4
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return state != "Z"
+
+
+def _start_and_wait_for_checkpoint(tiny_llama_dir, out: Path, tmp: Path, log: Path):
+    args = tiny_args(tiny_llama_dir, out, per_device_train_batch_size=2, max_steps=400, save_steps=2,
+                     logging_steps=1, seed=0)
+    with log.open("w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "lmforge", "train", *args], stdout=handle,
+                                   stderr=subprocess.STDOUT, env=env(tmp, FORCE_TORCHRUN="1", NPROC_PER_NODE="2"))
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (out / "checkpoint-2").is_dir():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    ranks = _children(process.pid)
+    assert len(ranks) == 2, ranks
+    return process, ranks, args
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_with_one_line_and_the_rerun_resumes(tiny_llama_dir, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "killed.log"
+    process, ranks, args = _start_and_wait_for_checkpoint(tiny_llama_dir, out, tmp_path, log)
+    os.kill(ranks[1], signal.SIGKILL)
+    assert process.wait(timeout=60) == 1
+    assert not any(_alive(rank) for rank in ranks)
+    text = log.read_text()
+    assert text.rstrip("\n").splitlines()[-1].startswith("lmforge train: error: Rank ")
+    assert "was killed by signal 9 (SIGKILL)" in text and "Traceback" not in text.split("lmforge train: error: Rank")[-1]
+    last = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    rerun = train([*args, "max_steps=" + str(int(last.name.split("-")[1]) + 2)],
+                  env(tmp_path, FORCE_TORCHRUN="1", NPROC_PER_NODE="2"))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"Resuming from {last}" in rerun.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_the_launcher_stops_every_rank(sent, tiny_llama_dir, tmp_path):
+    process, ranks, _ = _start_and_wait_for_checkpoint(tiny_llama_dir, tmp_path / "run", tmp_path,
+                                                       tmp_path / "run.log")
+    process.send_signal(sent)
+    code = process.wait(timeout=60)
+    assert code == 128 + sent
+    deadline = time.monotonic() + 10
+    while any(_alive(rank) for rank in ranks):
+        assert time.monotonic() < deadline, "a rank outlived the launcher"
+        time.sleep(0.1)
+    assert f"lmforge train: stopped by {signal.Signals(sent).name}; every rank was stopped." in (
+        tmp_path / "run.log").read_text()
