@@ -59,6 +59,15 @@ CASES = [
      "lmforge train: error: Config error: 'output_dir' is required: the folder where the run writes its results."),
     ("bf16 and fp16", ["train", *TRAIN, "dataset=good", "bf16=true", "fp16=true"], 1, "lmforge train: error: Config "
      "error: 'bf16' and 'fp16' cannot both be true."),
+    ("deepspeed config missing", ["train", *TRAIN, "dataset=good", "deepspeed=ds_missing.json"], 1,
+     "lmforge train: error: deepspeed: 'ds_missing.json' is not a file; give a DeepSpeed JSON config, e.g. "
+     "examples/deepspeed/ds_z2_config.json."),
+    ("deepspeed not installed", ["train", *TRAIN, "dataset=good", "deepspeed=bad.json"], 1,
+     "lmforge train: error: deepspeed is set, but the DeepSpeed package is not installed. Install it (DS_BUILD_OPS=0 "
+     "pip install -c .venv/constraints.txt --no-build-isolation deepspeed), or remove deepspeed."),
+    ("fsdp on a cpu", ["train", *TRAIN, "dataset=good", "fsdp=full_shard"], 1,
+     "lmforge train: error: fsdp needs CUDA GPUs: on a CPU the Trainer would silently run plain DDP, unsharded. "
+     "Remove fsdp (FORCE_TORCHRUN=1 runs DDP on CPUs), or use a GPU machine."),
     ("val_size and eval_dataset", ["train", *TRAIN, "dataset=good", "val_size=0.1", "eval_dataset=good"], 1,
      "lmforge train: error: Config error: 'val_size' and 'eval_dataset' cannot be used together; choose one."),
     ("probabilities", ["train", *TRAIN, "dataset=good,good", "mix_strategy=interleave_under",

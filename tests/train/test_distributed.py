@@ -148,3 +148,17 @@ def test_stopping_the_launcher_stops_every_rank(sent, tiny_llama_dir, tmp_path):
         time.sleep(0.1)
     assert f"lmforge train: stopped by {signal.Signals(sent).name}; every rank was stopped." in (
         tmp_path / "run.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "dataset", "metric"), [("pt", "pretrain_demo", "loss"),
+                                                          ("dpo", "dpo_en_demo", "rewards/margins"),
+                                                          ("kto", "kto_en_demo", "kl")])
+def test_other_stages_run_on_two_processes(stage, dataset, metric, tiny_llama_dir, tmp_path):
+    out = tmp_path / "run"
+    done = train(tiny_args(tiny_llama_dir, out, stage=stage, dataset=dataset, per_device_train_batch_size=2,
+                           max_steps=2, cutoff_len=64), env(tmp_path, FORCE_TORCHRUN="1", NPROC_PER_NODE="2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((out / "lmforge_run.json").read_text())
+    assert (run["stage"], run["processes"]) == (stage, 2)
+    assert any(metric in json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines())

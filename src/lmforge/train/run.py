@@ -20,6 +20,9 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     from lmforge.utils import distributed
 
     # A launched run joins its process group first; only the main process touches output_dir.
+    from lmforge.train.args import check_engines
+
+    check_engines(cfg)
     distributed.init(cfg.train.ddp_timeout)
     resume_from = prepare_output_dir(cfg) if distributed.is_main_process() else None
     resume_from = distributed.broadcast(resume_from)
