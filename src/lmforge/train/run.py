@@ -29,8 +29,17 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
-    with _tensorboard_dir(cfg.train.logging_dir), distributed.peer_failures_as_errors():
-        return _run_stage(cfg, resume_from, callbacks)
+    with _tensorboard_dir(cfg.train.logging_dir):
+        try:
+            return _run_stage(cfg, resume_from, callbacks)
+        except RuntimeError as err:
+            if not distributed.peer_is_gone(err):
+                raise
+            # The launcher names the rank that failed first; this one says why it stops, without a traceback.
+            from lmforge.errors import UserError
+
+            raise UserError(f"Another rank stopped, so this one ({os.environ.get('RANK', '?')}) stops too: "
+                            f"{str(err).splitlines()[0][:200]}") from None
 
 
 @contextlib.contextmanager

@@ -85,20 +85,9 @@ def broadcast(value):
     return holder[0]
 
 
-@contextlib.contextmanager
-def peer_failures_as_errors():
-    """A collective that fails because another rank is gone ends this rank with one line, not a traceback:
-    the launcher names the rank that failed first."""
-    try:
-        yield
-    except RuntimeError as err:
-        text = str(err)
-        if not _active() or not any(sign in text for sign in _PEER_GONE):
-            raise
-        from lmforge.errors import UserError
-
-        raise UserError(f"Another rank stopped, so this one ({os.environ.get('RANK', '?')}) stops too: "
-                        f"{text.splitlines()[0][:200]}") from None
+def peer_is_gone(err: BaseException) -> bool:
+    """Whether `err` is a collective failing because the process at its other end died (in a launched run)."""
+    return _active() and isinstance(err, RuntimeError) and any(sign in str(err) for sign in _PEER_GONE)
 
 
 # What gloo and NCCL say when the process at the other end of a collective has died.
