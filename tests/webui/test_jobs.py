@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -85,3 +86,18 @@ def test_a_command_that_fails_records_its_exit_code_and_error(tmp_path):
     assert ended.error_line() == (f"lmforge train: error: Model folder '{tmp_path / 'no-such-model'}' does not exist. "
                                   "Check model_name_or_path, or build a tiny test model with `lmforge tiny-model DIR`.")
 
+
+
+def test_a_job_with_several_processes_runs_under_torchrun(tiny_llama_dir, tmp_path):
+    from lmforge.webui.board import launch_env
+    from lmforge.webui.jobs import JobManager
+
+    manager = JobManager(tmp_path / "cache", tmp_path)
+    env = launch_env({"nproc": 2})
+    assert env == {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"} and launch_env({"nproc": 1}) == {}
+    job = manager.submit("train", "train", settings(tiny_llama_dir, tmp_path / "run", max_steps=2,
+                                                    per_device_train_batch_size=2), str(tmp_path / "run"), env)
+    ended = wait_for(manager, job.id, ("finished", "failed", "lost"))
+    assert ended.status == "finished", ended.log_tail()
+    assert "Launching torchrun --nproc-per-node 2" in ended.log_tail(200)
+    assert json.loads((tmp_path / "run" / "lmforge_run.json").read_text())["processes"] == 2

@@ -207,6 +207,7 @@ class Board:
             with gr.Row():
                 self._add("device_count", gr.Textbox(value=_device_count(), interactive=False,
                                                      **kw("device_count")))
+                self._add("nproc", gr.Number(value=1, minimum=1, precision=0, **kw("nproc")))
                 self._add("ds_stage", gr.Dropdown(choices=["none", "2", "3"], value="none", **kw("ds_stage")))
         with gr.Row():
             self._add("output_dir", gr.Textbox(value=self._new_output_dir("tiny-llama", "lora", "sft"), scale=3,
@@ -369,7 +370,7 @@ class Board:
              "warmup_steps", "packing", "train_on_prompt", "placeholders", "extra_args", "lora_rank", "lora_alpha",
              "lora_dropout", "lora_target", "use_rslora", "use_dora", "freeze_trainable_layers",
              "freeze_trainable_modules", "pref_beta", "pref_ftx", "pref_loss", "reward_model", "reward_funcs",
-             "num_generations", "ds_stage", "output_dir", "config_path")
+             "num_generations", "nproc", "ds_stage", "output_dir", "config_path")
     EVAL = ("dataset_dir", "eval_dataset", "predict", "eval_cutoff_len", "eval_max_samples",
             "per_device_eval_batch_size", "max_new_tokens", "top_p", "temperature", "eval_output_dir")
 
@@ -419,8 +420,9 @@ class Board:
         except UserError as err:
             return gr.update(visible=False), _error("train", err)
         config = Path(settings["output_dir"]) / "training_args.yaml"
-        text = f"# lmforge train {config}\n{forms.to_yaml(settings)}"
-        return gr.update(value=text, visible=True), f"`lmforge train {config}`"
+        prefix = "".join(f"{key}={value} " for key, value in launch_env(values).items())
+        text = f"# {prefix}lmforge train {config}\n{forms.to_yaml(settings)}"
+        return gr.update(value=text, visible=True), f"`{prefix}lmforge train {config}`"
 
     def preview_rows(self, data: dict):
         from lmforge.webui.preview import render_rows
@@ -467,7 +469,7 @@ class Board:
         return updates + [locales.message(lang, "loaded_args", path=values["config_path"])]
 
     def start_train(self, data: dict):
-        return self._start(data, "train", "train", self._train_settings, "output_dir")
+        return self._start(data, "train", "train", self._train_settings, "output_dir", launch_env)
 
     def start_predict(self, data: dict):
         return self._start(data, "predict", "train", forms.predict_settings, "output_dir")
@@ -475,7 +477,7 @@ class Board:
     def start_export(self, data: dict):
         return self._start(data, "export", "export", forms.export_settings, "export_dir")
 
-    def _start(self, data: dict, kind: str, command: str, build, output_key: str) -> str:
+    def _start(self, data: dict, kind: str, command: str, build, output_key: str, environment=None) -> str:
         """Build the job's settings from the page, check them as `lmforge COMMAND` would, then queue the job."""
         values = self._values_or_error(data)
         if isinstance(values, str):
@@ -485,7 +487,8 @@ class Board:
             forms.check(command, settings, self.cache / "scratch")
         except UserError as err:
             return _error(command, err)
-        return self._submitted(self.jobs.submit(kind, command, settings, settings[output_key]), values["lang"])
+        env = environment(values) if environment else {}
+        return self._submitted(self.jobs.submit(kind, command, settings, settings[output_key], env), values["lang"])
 
     def _submitted(self, job, lang: str) -> str:
         key = "queued_behind" if job.status == "queued" else "submitted"
@@ -554,6 +557,12 @@ def _float(value, name: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise UserError(f"{name} '{value}' is not a number (e.g. 5e-5).") from None
+
+
+def launch_env(values: dict) -> dict[str, str]:
+    """The environment that runs a training on several processes (torchrun), from the Devices fields."""
+    processes = int(values.get("nproc") or 1)
+    return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(processes)} if processes > 1 else {}
 
 
 def _device_count() -> str:

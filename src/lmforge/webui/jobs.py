@@ -37,6 +37,7 @@ class Job:
     output_dir: str
     log: str
     cwd: str
+    env: dict = field(default_factory=dict)  # added to the board's environment (e.g. FORCE_TORCHRUN)
     status: str = "queued"  # queued, starting, running, finished, failed, aborted, cancelled, lost
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -136,8 +137,9 @@ class JobManager:
         return job
 
     # -- changing ----------------------------------------------------------------------------------
-    def submit(self, kind: str, command: str, settings: dict, output_dir: str) -> Job:
-        """Queue `lmforge COMMAND` on `settings` (written as YAML); start it at once when nothing runs."""
+    def submit(self, kind: str, command: str, settings: dict, output_dir: str, env: dict | None = None) -> Job:
+        """Queue `lmforge COMMAND` on `settings` (written as YAML) with `env` added to the environment; start it at
+        once when nothing runs."""
         with self._lock:
             job_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 1000:03d}{int(time.time() * 1000) % 1000:03d}"
             folder = self.jobs_dir / job_id
@@ -152,7 +154,8 @@ class JobManager:
                 config.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(config, text)
             job = Job(id=job_id, kind=kind, command=[sys.executable, "-m", "lmforge", command, str(config)],
-                      config=str(config), output_dir=str(output_dir), log=str(folder / "job.log"), cwd=str(self.cwd))
+                      config=str(config), output_dir=str(output_dir), log=str(folder / "job.log"), cwd=str(self.cwd),
+                      env=dict(env or {}))
             self._write(job)
         self.schedule()
         return self.get(job_id) or job

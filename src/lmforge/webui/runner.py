@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     # SIGTERM reaches the whole group: the command stops by itself (a checkpoint first, for training);
     # the runner only notes it and waits for the command to end.
     signal.signal(signal.SIGTERM, lambda signum, frame: aborted.append(signum))
-    env = {**os.environ, "LMFORGE_PROGRESS": "lines", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "LMFORGE_PROGRESS": "lines", "PYTHONUNBUFFERED": "1", **job.get("env", {})}
     with open(job["log"], "ab") as log:
         try:
             process = subprocess.Popen(job["command"], stdout=log, stderr=subprocess.STDOUT, cwd=job["cwd"], env=env,
