@@ -4,6 +4,7 @@ nothing half-written. (API requests have their own matrix in tests/api.)"""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,8 @@ def test_the_matrix_is_wide():
 def test_bad_input_is_one_clear_line(name, argv, code, expected, workspace, tiny_llama_dir, monkeypatch, capsys):
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # As on a machine without the optional DeepSpeed package (it may be installed here).
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
     before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
     argv = [a.replace("MODEL", str(tiny_llama_dir)) for a in argv]
     assert main(argv) == code
