@@ -289,6 +289,20 @@ def test_preview_settings_files_prediction_chat_errors_and_a_failed_job(project,
         results = json.loads(shown[shown.index("{"):shown.rindex("}") + 1])
         assert {"predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l"} <= set(results)
 
+        # A multiple-choice benchmark of the task folder (lmforge eval): its scores.
+        from lmforge.testing.tasks import write_tiny_mmlu
+
+        write_tiny_mmlu(project / "evaluation")
+        page.locator("#task_dir input, #task_dir textarea").first.press("Enter")  # lists the folder's tasks
+        pick(page, "benchmark", "tiny_mmlu_test")
+        fill(page, "eval_output_dir", "saves/eval/tiny_mmlu")
+        page.locator("#eval_start").click()
+        wait_text(page, "eval_status", r"Job \S+: lmforge eval → saves/eval/tiny_mmlu")
+        wait_text(page, "eval_status", r"Finished")
+        shown = wait_text(page, "eval_results", r"Average")
+        scores = json.loads(shown[shown.index("{"):shown.rindex("}") + 1])
+        assert 0 <= scores["Average"] <= 100 and (project / "saves/eval/tiny_mmlu/results.json").is_file()
+
         # Chat: nothing loaded yet, tools that are not JSON, then a model loaded and unloaded.
         page.get_by_role("tab", name="Chat").click()
         page.locator("#query textarea").fill("hi")

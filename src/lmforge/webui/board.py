@@ -262,6 +262,12 @@ class Board:
             self._add("max_new_tokens", gr.Number(value=512, precision=0, **kw("max_new_tokens")))
             self._add("top_p", gr.Slider(0.01, 1.0, value=0.7, step=0.01, **kw("top_p")))
             self._add("temperature", gr.Slider(0.01, 1.5, value=0.95, step=0.01, **kw("temperature")))
+        with gr.Row():
+            self._add("task_dir", gr.Textbox(value="evaluation", scale=2, **kw("task_dir")))
+            self._add("benchmark", gr.Dropdown(choices=choices.benchmarks("evaluation"), value="none",
+                                               allow_custom_value=True, scale=2, **kw("benchmark")))
+            self._add("n_shot", gr.Number(value=5, minimum=0, precision=0, scale=1, **kw("n_shot")))
+            self._add("eval_lang", gr.Dropdown(choices=["en", "zh"], value="en", scale=1, **kw("eval_lang")))
         self._add("eval_output_dir", gr.Textbox(value=str(self.saves / "predict" / time.strftime("%Y%m%d-%H%M%S")),
                                                 **kw("eval_output_dir")))
         with gr.Row():
@@ -276,6 +282,8 @@ class Board:
         self._add("eval_log", gr.Textbox(lines=8, max_lines=8, interactive=False, autoscroll=True, **kw("eval_log")))
         c["eval_start"].click(self.start_predict, self._eval_field_set(), c["eval_msg"], queue=False,
                               api_visibility="private")
+        c["task_dir"].submit(lambda folder: gr.update(choices=choices.benchmarks(folder)), c["task_dir"],
+                             c["benchmark"], queue=False, api_visibility="private")
         c["eval_abort"].click(lambda lang: self.abort(("predict",), lang), c["lang"], c["eval_msg"], queue=False,
                               api_visibility="private")
 
@@ -372,7 +380,8 @@ class Board:
              "freeze_trainable_modules", "pref_beta", "pref_ftx", "pref_loss", "reward_model", "reward_funcs",
              "num_generations", "nproc", "ds_stage", "output_dir", "config_path")
     EVAL = ("dataset_dir", "eval_dataset", "predict", "eval_cutoff_len", "eval_max_samples",
-            "per_device_eval_batch_size", "max_new_tokens", "top_p", "temperature", "eval_output_dir")
+            "per_device_eval_batch_size", "max_new_tokens", "top_p", "temperature", "eval_output_dir", "task_dir",
+            "benchmark", "n_shot", "eval_lang")
 
     def _train_field_set(self) -> set:
         return {self.c[k] for k in (*self.TOP, *self.TRAIN)}
@@ -472,6 +481,9 @@ class Board:
         return self._start(data, "train", "train", self._train_settings, "output_dir", launch_env)
 
     def start_predict(self, data: dict):
+        values = self._values_or_error(data)
+        if not isinstance(values, str) and values.get("benchmark") not in (None, "", "none"):
+            return self._start(data, "predict", "eval", forms.benchmark_settings, "save_dir")
         return self._start(data, "predict", "train", forms.predict_settings, "output_dir")
 
     def start_export(self, data: dict):

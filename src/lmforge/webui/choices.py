@@ -58,6 +58,13 @@ def datasets_for_stage(dataset_dir: str, stage: str) -> tuple[list[str], list[st
     return [spec.name for spec in specs if fits_stage(spec, stage)], problems
 
 
+def benchmarks(task_dir: str) -> list[str]:
+    """"none", then `<task>_test` for every task folder (one with a mapping.json) in `task_dir`."""
+    folder = Path(task_dir or "evaluation")
+    found = sorted(p.parent.name for p in folder.glob("*/mapping.json")) if folder.is_dir() else []
+    return ["none", *(f"{name}_test" for name in found)]
+
+
 def adapters(saves_dir: Path) -> list[str]:
     """Run folders under `saves_dir` that hold an adapter, newest first."""
     found = [path.parent for path in Path(saves_dir).glob("**/adapter_config.json")

@@ -145,8 +145,8 @@ class JobManager:
             folder = self.jobs_dir / job_id
             folder.mkdir(parents=True)
             text = yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)
-            if kind == "export":
-                config = folder / "export_args.yaml"
+            if command != "train":  # export and eval refuse a folder that is not empty: the YAML stays here
+                config = folder / f"{command}_args.yaml"
             else:
                 config = Path(output_dir) / "training_args.yaml"
                 if not config.is_absolute():

@@ -17,7 +17,7 @@ def status_text(job: Job | None, lang: str) -> str:
     if job is None:
         return locales.message(lang, "no_job")
     # Gradio's Markdown sanitizes HTML: the texts go in as they are, so that they read as the log wrote them.
-    lines = [f"**{locales.message(lang, 'job_heading', id=job.id, kind=job.kind, output=job.output_dir)}**",
+    lines = [f"**{locales.message(lang, 'job_heading', id=job.id, kind=_command(job), output=job.output_dir)}**",
              locales.message(lang, f"status_{job.status}", code=job.exit_code)]
     if job.status in ("failed", "lost", "aborted"):
         error = job.error_line()
@@ -26,6 +26,11 @@ def status_text(job: Job | None, lang: str) -> str:
         elif error:
             lines.append(error)
     return "\n\n".join(lines)
+
+
+def _command(job: Job) -> str:
+    """The lmforge command the job runs (train, eval, export)."""
+    return job.command[3] if len(job.command) > 3 else job.kind
 
 
 def progress_html(job: Job | None, lang: str) -> str:
@@ -56,12 +61,19 @@ def predict_view(jobs: JobManager, lang: str) -> tuple:
     job = jobs.latest(("predict",))
     results = ""
     if job is not None:
-        path = Path(job.output_dir) / "all_results.json"
-        if job.status == "finished" and path.is_file():
-            results = json.dumps(json.loads(path.read_text(encoding="utf-8")), indent=2)
+        folder = Path(job.output_dir)
+        found = [p for p in (folder / "all_results.json", folder / "results.json") if p.is_file()]
+        if job.status == "finished" and found:
+            results = json.dumps(_scores(json.loads(found[0].read_text(encoding="utf-8"))), indent=2)
         elif job.active:
             results = locales.message(lang, "results_pending")
     return status_text(job, lang), results, job.log_tail() if job else ""
+
+
+def _scores(results: dict) -> dict:
+    """The scores of a results file: a benchmark's `_scores` (its file also holds every answer chosen), or the
+    prediction's metrics."""
+    return results.get("_scores") or {key: value for key, value in results.items() if not isinstance(value, dict)}
 
 
 def export_view(jobs: JobManager, lang: str) -> tuple:

@@ -114,6 +114,14 @@ def predict_settings(v: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def benchmark_settings(v: dict[str, Any]) -> dict[str, Any]:
+    """The YAML of a multiple-choice benchmark run (`lmforge eval`) from the Evaluate & Predict tab."""
+    settings = model_settings(v)
+    settings.update(task=v["benchmark"], task_dir=v["task_dir"], lang=v["eval_lang"], n_shot=int(v["n_shot"]),
+                    batch_size=int(v["per_device_eval_batch_size"]), save_dir=v["eval_output_dir"])
+    return settings
+
+
 def export_settings(v: dict[str, Any]) -> dict[str, Any]:
     settings = model_settings(v)
     settings.pop("quantization_bit", None)  # an export merges full-precision weights
