@@ -89,7 +89,7 @@ def test_a_command_that_fails_records_its_exit_code_and_error(tmp_path):
 
 
 def test_a_job_with_several_processes_runs_under_torchrun(tiny_llama_dir, tmp_path):
-    from lmforge.webui.board import launch_env
+    from lmforge.webui.settings import launch_env
     from lmforge.webui.jobs import JobManager
 
     manager = JobManager(tmp_path / "cache", tmp_path)

@@ -205,7 +205,7 @@ class Board:
         with self._add("distributed", gr.Accordion(locales.label(self.lang, "distributed"), open=False,
                                                    elem_id="distributed")):
             with gr.Row():
-                self._add("device_count", gr.Textbox(value=_device_count(), interactive=False,
+                self._add("device_count", gr.Textbox(value=choices.device_count(), interactive=False,
                                                      **kw("device_count")))
                 self._add("nproc", gr.Number(value=1, minimum=1, precision=0, **kw("nproc")))
                 self._add("ds_stage", gr.Dropdown(choices=["none", "2", "3"], value="none", **kw("ds_stage")))
@@ -417,7 +417,7 @@ class Board:
     def _train_settings(self, values: dict) -> dict:
         deepspeed = None
         if values.get("ds_stage") not in (None, "none"):
-            deepspeed = str(_deepspeed_config(self.cache, int(values["ds_stage"])))
+            deepspeed = str(forms.deepspeed_config(self.cache, int(values["ds_stage"])))
         return forms.train_settings(values, deepspeed)
 
     def preview_command(self, data: dict):
@@ -429,7 +429,7 @@ class Board:
         except UserError as err:
             return gr.update(visible=False), _error("train", err)
         config = Path(settings["output_dir"]) / "training_args.yaml"
-        prefix = "".join(f"{key}={value} " for key, value in launch_env(values).items())
+        prefix = "".join(f"{key}={value} " for key, value in forms.launch_env(values).items())
         text = f"# {prefix}lmforge train {config}\n{forms.to_yaml(settings)}"
         return gr.update(value=text, visible=True), f"`{prefix}lmforge train {config}`"
 
@@ -478,7 +478,7 @@ class Board:
         return updates + [locales.message(lang, "loaded_args", path=values["config_path"])]
 
     def start_train(self, data: dict):
-        return self._start(data, "train", "train", self._train_settings, "output_dir", launch_env)
+        return self._start(data, "train", "train", self._train_settings, "output_dir", forms.launch_env)
 
     def start_predict(self, data: dict):
         values = self._values_or_error(data)
@@ -569,34 +569,6 @@ def _float(value, name: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise UserError(f"{name} '{value}' is not a number (e.g. 5e-5).") from None
-
-
-def launch_env(values: dict) -> dict[str, str]:
-    """The environment that runs a training on several processes (torchrun), from the Devices fields."""
-    processes = int(values.get("nproc") or 1)
-    return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(processes)} if processes > 1 else {}
-
-
-def _device_count() -> str:
-    try:
-        import torch
-
-        count = torch.cuda.device_count()
-    except ImportError:
-        count = 0
-    return f"{count} CUDA GPU{'s' if count != 1 else ''}" if count else "CPU"
-
-
-def _deepspeed_config(cache: Path, stage: int) -> Path:
-    """A DeepSpeed ZeRO config of `stage` with every size left to the Trainer ("auto")."""
-    config = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
-              "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
-              "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-              "zero_optimization": {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}}
-    path = cache / f"ds_z{stage}_config.json"
-    cache.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return path
 
 
 __all__ = ["Board", "loss_points", "read_progress"]

@@ -76,3 +76,14 @@ def output_dir_for(saves_dir: Path, model_name: str, finetuning_type: str, stage
     """LLaMA-Factory's layout: saves/<model>/<finetuning type>/<name>."""
     model = Path(model_name).name or "model"
     return str(Path(saves_dir) / model / finetuning_type / f"{stage}-{stamp}")
+
+
+def device_count() -> str:
+    """The accelerators a job can use, in words."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+    except ImportError:
+        count = 0
+    return f"{count} CUDA GPU{'s' if count != 1 else ''}" if count else "CPU"

@@ -135,6 +135,24 @@ def export_settings(v: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def launch_env(values: dict) -> dict[str, str]:
+    """The environment that runs a training on several processes (torchrun), from the Devices fields."""
+    processes = int(values.get("nproc") or 1)
+    return {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(processes)} if processes > 1 else {}
+
+
+def deepspeed_config(cache: Path, stage: int) -> Path:
+    """A DeepSpeed ZeRO config of `stage` with every size left to the Trainer ("auto")."""
+    config = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+              "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
+              "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
+              "zero_optimization": {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}}
+    path = cache / f"ds_z{stage}_config.json"
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path
+
+
 def check(command: str, settings: dict[str, Any], scratch: Path) -> None:
     """Parse and validate `settings` as `lmforge COMMAND FILE.yaml` would; UserError with its message if not."""
     from lmforge.config import parse_config
