@@ -162,3 +162,18 @@ def test_other_stages_run_on_two_processes(stage, dataset, metric, tiny_llama_di
     run = json.loads((out / "lmforge_run.json").read_text())
     assert (run["stage"], run["processes"]) == (stage, 2)
     assert any(metric in json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("NPROC_PER_NODE", "two", "NPROC_PER_NODE='two' is not an integer; expected a number from 1 to 1000000."),
+    ("NODE_RANK", "-1", "NODE_RANK=-1 is out of range; expected a number from 0 to 1000000."),
+    ("MASTER_PORT", "70000", "MASTER_PORT=70000 is out of range; expected a number from 1 to 65535.")])
+def test_a_bad_launch_variable_is_one_line_before_anything_starts(name, value, expected, tiny_llama_dir, tmp_path,
+                                                                  monkeypatch, capsys):
+    from lmforge.cli import main
+
+    monkeypatch.setenv("FORCE_TORCHRUN", "1")
+    monkeypatch.setenv(name, value)
+    assert main(["train", *tiny_args(tiny_llama_dir, tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.rstrip("\n").splitlines()[-1] == f"lmforge train: error: {expected}"
+    assert not (tmp_path / "run").exists()

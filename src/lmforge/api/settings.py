@@ -7,11 +7,11 @@ error naming the variable and the accepted range, before the model is loaded.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lmforge.config.environment import env_int, is_loopback
 from lmforge.errors import UserError
 
 DEFAULT_MODEL_NAME = "gpt-3.5-turbo"  # LLaMA-Factory's, so its client scripts work unchanged
@@ -45,23 +45,23 @@ class ApiSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
         env = os.environ if environ is None else environ
-        max_tokens = _int(env, "API_MAX_TOKENS", 0, 0, 1 << 30)
+        max_tokens = env_int(env, "API_MAX_TOKENS", 0, 0, 1 << 30)
         return cls(
             host=env.get("API_HOST", "").strip() or "127.0.0.1",
-            port=_int(env, "API_PORT", 8000, 1, 65535),
+            port=env_int(env, "API_PORT", 8000, 1, 65535),
             api_key=env.get("API_KEY") or None,
             model_name=env.get("API_MODEL_NAME", "").strip() or DEFAULT_MODEL_NAME,
             strict_model_name=_bool(env, "API_STRICT_MODEL_NAME"),
             root_path=env.get("FASTAPI_ROOT_PATH", ""),
-            max_batch_size=_int(env, "API_MAX_BATCH_SIZE", 32, 1, 4096),
-            batch_wait_ms=_int(env, "API_BATCH_WAIT_MS", 10, 0, 10_000),
-            max_concurrent_requests=_int(env, "API_MAX_CONCURRENT_REQUESTS", 128, 1, 1_000_000),
-            max_body_bytes=_int(env, "API_MAX_BODY_BYTES", 2 * 1024 * 1024, 1024, 1 << 31),
+            max_batch_size=env_int(env, "API_MAX_BATCH_SIZE", 32, 1, 4096),
+            batch_wait_ms=env_int(env, "API_BATCH_WAIT_MS", 10, 0, 10_000),
+            max_concurrent_requests=env_int(env, "API_MAX_CONCURRENT_REQUESTS", 128, 1, 1_000_000),
+            max_body_bytes=env_int(env, "API_MAX_BODY_BYTES", 2 * 1024 * 1024, 1024, 1 << 31),
             max_tokens=max_tokens or None,
-            max_request_tokens=_int(env, "API_MAX_REQUEST_TOKENS", 16384, 1, 1 << 30),
-            max_stop=_int(env, "API_MAX_STOP", 16, 0, 1024),
-            max_stop_chars=_int(env, "API_MAX_STOP_CHARS", 128, 1, 100_000),
-            shutdown_timeout_s=_int(env, "API_SHUTDOWN_TIMEOUT", 5, 0, 3600),
+            max_request_tokens=env_int(env, "API_MAX_REQUEST_TOKENS", 16384, 1, 1 << 30),
+            max_stop=env_int(env, "API_MAX_STOP", 16, 0, 1024),
+            max_stop_chars=env_int(env, "API_MAX_STOP_CHARS", 128, 1, 100_000),
+            shutdown_timeout_s=env_int(env, "API_SHUTDOWN_TIMEOUT", 5, 0, 3600),
             cors_origins=_list(env, "API_CORS_ORIGINS"),
             allowed_hosts=_list(env, "API_ALLOWED_HOSTS") or (),
             allow_unauthenticated=_bool(env, "API_ALLOW_UNAUTHENTICATED"),
@@ -94,29 +94,6 @@ class ApiSettings:
         raise UserError(f"API_HOST={self.host} serves other machines, and no API_KEY is set: anyone who can reach "
                         "this port could use the model. Set API_KEY, or set API_ALLOW_UNAUTHENTICATED=1 to serve "
                         "without a key anyway.")
-
-
-def is_loopback(host: str) -> bool:
-    name = host.strip().strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"{name}={raw!r} is not an integer; expected a number from {low} to {high}.") from None
-    if not low <= value <= high:
-        raise UserError(f"{name}={value} is out of range; expected a number from {low} to {high}.")
-    return value
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:

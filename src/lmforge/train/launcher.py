@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 
+from lmforge.config.environment import env_int
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
@@ -49,16 +50,8 @@ def _free_port() -> int:
 
 
 def _int_env(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise UserError(f"{name}='{text}' is not a whole number.") from None
-    if value < (0 if name in ("NODE_RANK", "MAX_RESTARTS") else 1):
-        raise UserError(f"{name}={value} is out of range.")
-    return value
+    low = 0 if name in ("NODE_RANK", "MAX_RESTARTS") else 1
+    return env_int(os.environ, name, default, low, 65535 if name == "MASTER_PORT" else 1_000_000)
 
 
 def torchrun_args(argv: list[str]) -> list[str]:

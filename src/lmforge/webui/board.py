@@ -21,7 +21,7 @@ from lmforge.utils.logging import get_logger
 from lmforge.webui import choices, locales
 from lmforge.webui import settings as forms
 from lmforge.webui.chat_page import render_chat
-from lmforge.webui.jobs import JobManager, loss_points, read_progress
+from lmforge.webui.jobs import JobManager
 
 logger = get_logger(__name__)
 REFRESH_S = 2.0
@@ -569,6 +569,3 @@ def _float(value, name: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise UserError(f"{name} '{value}' is not a number (e.g. 5e-5).") from None
-
-
-__all__ = ["Board", "loss_points", "read_progress"]

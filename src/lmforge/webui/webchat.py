@@ -13,11 +13,11 @@ start, unless GRADIO_ALLOW_UNAUTHENTICATED=true says an open page is intended.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmforge.config.environment import is_loopback
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
@@ -52,17 +52,6 @@ def _flag(environ, name: str) -> bool:
     if text not in _TRUE + _FALSE:
         raise UserError(f"{name}='{environ[name]}' is not a yes/no value; use one of: {', '.join(_TRUE + _FALSE[1:])}.")
     return text in _TRUE
-
-
-def is_loopback(server_name: str) -> bool:
-    """Whether only this machine can reach `server_name` (localhost, 127.0.0.0/8, ::1)."""
-    name = server_name.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve to any interface
 
 
 def login_settings(server_name: str, share: bool, environ=None, command: str = "webchat") -> list[tuple[str, str]] | None:
