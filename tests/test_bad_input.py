@@ -65,10 +65,10 @@ CASES = [
      "examples/deepspeed/ds_z2_config.json."),
     ("deepspeed not installed", ["train", *TRAIN, "dataset=good", "deepspeed=bad.json"], 1,
      "lmforge train: error: deepspeed is set, but the DeepSpeed package is not installed. Install it (DS_BUILD_OPS=0 "
-     "pip install -c .venv/constraints.txt --no-build-isolation deepspeed), or remove deepspeed."),
-    ("fsdp on a cpu", ["train", *TRAIN, "dataset=good", "fsdp=full_shard"], 1,
-     "lmforge train: error: fsdp needs CUDA GPUs: on a CPU the Trainer would silently run plain DDP, unsharded. "
-     "Remove fsdp (FORCE_TORCHRUN=1 runs DDP on CPUs), or use a GPU machine."),
+     "pip install --no-build-isolation \"lmforge[deepspeed]\"), or remove deepspeed."),
+    ("fsdp in one process", ["train", *TRAIN, "dataset=good", "fsdp=full_shard"], 1,
+     "lmforge train: error: fsdp shards the model across processes: launch several, e.g. FORCE_TORCHRUN=1 "
+     "NPROC_PER_NODE=2 lmforge train ..., or remove fsdp."),
     ("val_size and eval_dataset", ["train", *TRAIN, "dataset=good", "val_size=0.1", "eval_dataset=good"], 1,
      "lmforge train: error: Config error: 'val_size' and 'eval_dataset' cannot be used together; choose one."),
     ("probabilities", ["train", *TRAIN, "dataset=good,good", "mix_strategy=interleave_under",

@@ -25,9 +25,15 @@ def run(cfg: RunConfig) -> dict:
 
 def main(argv: list[str]) -> int:
     cfg = load_config("train", argv)  # checked once, before any process starts
-    from lmforge.train import launcher
+    from lmforge.train import engines, launcher, ray_cluster
+    from lmforge.train.outputs import check_output_dir
 
-    if launcher.wanted():
+    engines.check(cfg)
+    if ray_cluster.wanted():
+        check_output_dir(cfg)  # one line here rather than one per worker
+        return ray_cluster.launch(cfg)
+    if launcher.wanted(deepspeed=bool(cfg.train.deepspeed)):
+        check_output_dir(cfg)
         return launcher.launch(argv)
     run(cfg)
     return 0

@@ -129,6 +129,27 @@ class TrainArguments:
     use_cpu: bool = field(
         default=False, metadata={"help": "Train on the CPU even when a GPU is present.", "read_by": (TRAINING,)}
     )
+    # Ray (USE_RAY=1): the same training on the workers of a Ray cluster (see docs/distributed.md).
+    ray_num_workers: int = field(default=1, metadata={"help": "Ray: training workers.", "read_by": (TRAINING,)})
+    ray_init_kwargs: dict | None = field(
+        default=None, metadata={"help": "Ray: keyword arguments of ray.init (address, num_cpus, ...).",
+                                "read_by": (TRAINING,)}
+    )
+    resources_per_worker: dict | None = field(
+        default=None, metadata={"help": "Ray: resources of each worker (default {\"GPU\": 1} on a cluster with GPUs, "
+                                        "else {\"CPU\": 1}).", "read_by": (TRAINING,)}
+    )
+    placement_strategy: str = field(
+        default="PACK", metadata={"help": "Ray: worker placement: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD.",
+                                  "read_by": (TRAINING,)}
+    )
+    ray_run_name: str | None = field(default=None, metadata={"help": "Ray: run name.", "read_by": (TRAINING,)})
+    ray_storage_path: str = field(
+        default="./saves", metadata={"help": "Ray: folder of Ray Train's run state.", "read_by": (TRAINING,)}
+    )
+    ray_storage_filesystem: str | None = field(
+        default=None, metadata={"help": "Ray: remote storage for ray_storage_path (not supported).", "read_by": ()}
+    )
     hf_passthrough: dict = field(
         default_factory=dict,
         metadata={"help": "Other TrainingArguments keys, passed to the Trainer as given.", "read_by": (TRAINING,)},

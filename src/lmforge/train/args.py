@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import copyreg
 import dataclasses
-import os
 from typing import TYPE_CHECKING
 
 from transformers import Seq2SeqTrainingArguments
@@ -18,7 +17,9 @@ if TYPE_CHECKING:
     from lmforge.config import RunConfig
 
 # Fields of ours that transformers 5 no longer has, or that lmforge handles itself: never passed on.
-_OWN_FIELDS = {"hf_passthrough", "overwrite_output_dir", "evaluation_strategy", "warmup_ratio", "logging_dir"}
+_OWN_FIELDS = {"hf_passthrough", "overwrite_output_dir", "evaluation_strategy", "warmup_ratio", "logging_dir",
+               "ray_num_workers", "ray_init_kwargs", "resources_per_worker", "placement_strategy", "ray_run_name",
+               "ray_storage_path", "ray_storage_filesystem"}
 # Fields of ours that only Seq2SeqTrainingArguments has (sft prediction): left out for other argument classes.
 _SEQ2SEQ_FIELDS = {"predict_with_generate", "generation_max_length", "generation_num_beams"}
 
@@ -109,7 +110,9 @@ def build_training_args(cfg: RunConfig, resume_from: str | None, args_class: typ
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing") or kwargs.get(
             "activation_checkpointing", False)
     _check_reporters(kwargs.get("report_to"))
-    _check_engines(kwargs)
+    from lmforge.train import engines
+
+    engines.check_settings(kwargs.get("deepspeed"), kwargs.get("fsdp"))
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         # Config validation lets through only transformers' own keys, and _OWN_FIELDS removes ours:
@@ -146,37 +149,6 @@ def _check_reporters(report_to) -> None:
             continue  # transformers validates the remaining names itself
         if importlib.util.find_spec(package) is None:
             raise UserError(f"report_to: {name} needs the '{package}' package: pip install {package}")
-
-
-def check_engines(cfg: RunConfig) -> None:
-    """The DeepSpeed/FSDP checks of `build_training_args`, early: before any data or model is loaded."""
-    train = cfg.train
-    _check_engines({"deepspeed": getattr(train, "deepspeed", None),
-                    "fsdp": getattr(train, "fsdp", None) or train.hf_passthrough.get("fsdp")})
-
-
-def _check_engines(kwargs: dict) -> None:
-    """DeepSpeed and FSDP: refuse what cannot run here in one line, before the Trainer fails deep inside."""
-    import importlib.util
-
-    import torch
-
-    deepspeed = kwargs.get("deepspeed")
-    if deepspeed:
-        if isinstance(deepspeed, str) and not os.path.isfile(deepspeed):
-            raise UserError(f"deepspeed: '{deepspeed}' is not a file; give a DeepSpeed JSON config, e.g. "
-                            "examples/deepspeed/ds_z2_config.json.")
-        if importlib.util.find_spec("deepspeed") is None:
-            raise UserError("deepspeed is set, but the DeepSpeed package is not installed. Install it (DS_BUILD_OPS=0 "
-                            "pip install -c .venv/constraints.txt --no-build-isolation deepspeed), or remove deepspeed.")
-    if kwargs.get("fsdp"):
-        if not torch.cuda.is_available():
-            # transformers would run plain DDP on a CPU and call it FSDP: nothing would be sharded.
-            raise UserError("fsdp needs CUDA GPUs: on a CPU the Trainer would silently run plain DDP, unsharded. "
-                            "Remove fsdp (FORCE_TORCHRUN=1 runs DDP on CPUs), or use a GPU machine.")
-        if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
-            raise UserError("fsdp shards the model across processes: launch several, e.g. FORCE_TORCHRUN=1 "
-                            "NPROC_PER_NODE=2 lmforge train ..., or remove fsdp.")
 
 
 def _other_accelerator() -> bool:

@@ -26,10 +26,12 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def wanted() -> bool:
+def wanted(deepspeed: bool = False) -> bool:
+    """Whether `lmforge train` should launch its ranks: asked to, several GPUs, or DeepSpeed (which runs only
+    in a launched process group, even with one process)."""
     if under_torchrun():
         return False
-    if os.environ.get("FORCE_TORCHRUN", "").strip().lower() in _TRUE:
+    if os.environ.get("FORCE_TORCHRUN", "").strip().lower() in _TRUE or deepspeed:
         return True
     return _cuda_count() > 1
 

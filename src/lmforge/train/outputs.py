@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
 from lmforge.model.resolve import RUN_FILE, absolute_if_local
-from lmforge.utils.atomic import remove_partial_json, remove_staging, write_json_atomic
+from lmforge.utils.atomic import STAGING_PREFIX, remove_partial_json, remove_staging, write_json_atomic
 from lmforge.utils.logging import get_logger
 from lmforge.utils.secrets import without_secrets
 
@@ -45,38 +45,54 @@ def prepare_output_dir(cfg: RunConfig) -> str | None:
     # so is the temporary file of a JSON write interrupted before its rename.
     remove_staging(out)
     remove_partial_json(out)
+    check_output_dir(cfg)
     if train.resume_from_checkpoint:
         path = Path(train.resume_from_checkpoint)
-        if not (path / "trainer_state.json").is_file():
-            raise UserError(f"resume_from_checkpoint '{path}' is not a checkpoint folder (no trainer_state.json in it).")
         trim_log(out, path)
         return str(path)
     if not train.do_train:
         return None
-    finished = (out / RUN_FILE).is_file()
     if train.overwrite_output_dir:
         if out.is_dir() and any(out.iterdir()):
             logger.info(f"overwrite_output_dir: replacing the previous results in {out}")
             shutil.rmtree(out)
         return None
-    if finished:
-        raise UserError(
-            f"output_dir '{out}' already holds a finished training run. Set overwrite_output_dir: true to replace it, "
-            "or choose another output_dir."
-        )
     found = checkpoints(out)
     if found:
         logger.info(f"Resuming from {found[-1]} (found in output_dir); set overwrite_output_dir: true to start over.")
         trim_log(out, found[-1])
         return str(found[-1])
+    return None
+
+
+def check_output_dir(cfg: RunConfig) -> None:
+    """UserError when the run cannot start in its output_dir; changes nothing (the launcher asks before the ranks
+    start, so that a refusal is one line instead of one per rank)."""
+    train = cfg.train
+    out = Path(train.output_dir)
+    if train.resume_from_checkpoint:
+        path = Path(train.resume_from_checkpoint)
+        if not (path / "trainer_state.json").is_file():
+            raise UserError(f"resume_from_checkpoint '{path}' is not a checkpoint folder (no trainer_state.json in it).")
+        return
+    if not train.do_train or train.overwrite_output_dir:
+        return
+    if (out / RUN_FILE).is_file():
+        raise UserError(
+            f"output_dir '{out}' already holds a finished training run. Set overwrite_output_dir: true to replace it, "
+            "or choose another output_dir."
+        )
+    if checkpoints(out):
+        return
     leftovers = [p.name for p in out.iterdir()] if out.is_dir() else []
-    unknown = [n for n in leftovers if n not in (LOG_FILE, "runs", "running_log.txt", "training_args.yaml")]
+    staged = [n for n in leftovers if n.startswith(STAGING_PREFIX) or (n.startswith(".") and n.endswith(".tmp"))]
+    unknown = [n for n in leftovers if n not in (LOG_FILE, "runs", "running_log.txt", "training_args.yaml")
+               and n not in staged]
     if unknown:
         raise UserError(
             f"output_dir '{out}' is not empty ({', '.join(sorted(unknown)[:5])}) and holds no checkpoint to resume. "
             "Set overwrite_output_dir: true to replace it, or choose another output_dir."
         )
-    return None
 
 
 def trim_log(output_dir: Path, checkpoint: Path) -> None:

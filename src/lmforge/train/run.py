@@ -20,12 +20,11 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     from lmforge.utils import distributed
 
     # A launched run joins its process group first; only the main process touches output_dir.
-    from lmforge.train.args import check_engines
+    from lmforge.train import engines
 
-    check_engines(cfg)
+    engines.check(cfg)
     distributed.init(cfg.train.ddp_timeout)
-    resume_from = prepare_output_dir(cfg) if distributed.is_main_process() else None
-    resume_from = distributed.broadcast(resume_from)
+    resume_from = _prepare_output_dir(cfg, prepare_output_dir, distributed)
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
@@ -40,6 +39,27 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
 
             raise UserError(f"Another rank stopped, so this one ({os.environ.get('RANK', '?')}) stops too: "
                             f"{str(err).splitlines()[0][:200]}") from None
+
+
+def _prepare_output_dir(cfg: RunConfig, prepare, distributed) -> str | None:
+    """The main process decides how the run starts (fresh, resumed, refused) and tells the others: a refusal is its
+    one line, and the other ranks stop quietly instead of failing on a closed connection."""
+    from lmforge.errors import UserError
+
+    if distributed.world_size() <= 1:
+        return prepare(cfg)
+    outcome = None
+    if distributed.is_main_process():
+        try:
+            outcome = ("resume", prepare(cfg))
+        except UserError as err:
+            outcome = ("refused", str(err))
+    outcome = distributed.broadcast(outcome)
+    if outcome[0] == "refused":
+        if distributed.is_main_process():
+            raise UserError(outcome[1])
+        raise SystemExit(1)
+    return outcome[1]
 
 
 @contextlib.contextmanager

@@ -24,7 +24,19 @@ class ForgeTrainerMixin:
 
     def __init__(self, *args, finetuning_args=None, **kwargs):
         self.finetuning_args = finetuning_args
+        self._sharded_on_cpu = False
         super().__init__(*args, **kwargs)
+        if self._sharded_on_cpu:
+            from lmforge.train.fsdp import ReportSharding
+
+            self.add_callback(ReportSharding())
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        from lmforge.train.fsdp import shard_on_cpu
+
+        # Before the Trainer decides where the model goes and how accelerate wraps it.
+        self._sharded_on_cpu = shard_on_cpu(self)
 
     def create_optimizer(self, model=None):
         ratio = self.finetuning_args.loraplus_lr_ratio if self.finetuning_args is not None else None
