@@ -188,7 +188,7 @@ def _yaml_config(path: Path, args: list[str], **extra) -> Path:
     return path
 
 
-@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+@pytest.mark.parametrize("finetuning_type", ["full", pytest.param("lora", marks=pytest.mark.slow)])
 def test_fsdp_on_cpus_shards_the_model_and_trains_like_one_process(finetuning_type, tiny_llama_dir, tmp_path):
     """On CPUs the Trainer alone would run plain DDP under the name FSDP; lmforge makes it FSDP2 for real."""
     common = dict(max_steps=4, logging_steps=1, seed=0, finetuning_type=finetuning_type,
@@ -213,3 +213,21 @@ def test_fsdp_on_cpus_shards_the_model_and_trains_like_one_process(finetuning_ty
     # Saved whole (gathered from both processes), as the single process saved it.
     assert {k: tuple(v.shape) for k, v in got.items()} == {k: tuple(v.shape) for k, v in want.items()}
     assert max((want[k] - got[k]).abs().max().item() for k in want) < 1e-4
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_the_shipped_fsdp_config(tiny_llama_dir, tmp_path):
+    """`accelerate launch --config_file examples/accelerate/fsdp_config.yaml -m lmforge train ...`: FSDP2 too."""
+    common = dict(max_steps=4, logging_steps=1, seed=0, finetuning_type="full", learning_rate="1e-4")
+    one = train(tiny_args(tiny_llama_dir, tmp_path / "one", per_device_train_batch_size=4, **common), env(tmp_path))
+    assert one.returncode == 0, one.stderr[-3000:]
+    config = Path(__file__).resolve().parents[2] / "examples" / "accelerate" / "fsdp_config.yaml"
+    launched = subprocess.run(
+        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(config), "--main_process_port",
+         str(free_port()), "--mixed_precision", "no", "-m", "lmforge", "train",
+         *tiny_args(tiny_llama_dir, tmp_path / "fsdp", per_device_train_batch_size=2, **common)],
+        env=env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "FSDP2: 39 of 39 parameter tensors sharded over 2 processes" in launched.stderr
+    for (_, a), (_, b) in zip(losses(tmp_path / "one"), losses(tmp_path / "fsdp"), strict=True):
+        assert abs(a - b) < 1e-4

@@ -147,6 +147,12 @@ class TrainArguments:
     ray_storage_path: str = field(
         default="./saves", metadata={"help": "Ray: folder of Ray Train's run state.", "read_by": (TRAINING,)}
     )
+    master_addr: str | None = field(
+        default=None, metadata={"help": "Ray: rendezvous address (Ray Train chooses its own).", "read_by": ()}
+    )
+    master_port: int | None = field(
+        default=None, metadata={"help": "Ray: rendezvous port (Ray Train chooses its own).", "read_by": ()}
+    )
     ray_storage_filesystem: str | None = field(
         default=None, metadata={"help": "Ray: remote storage for ray_storage_path (not supported).", "read_by": ()}
     )

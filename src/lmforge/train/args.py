@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # Fields of ours that transformers 5 no longer has, or that lmforge handles itself: never passed on.
 _OWN_FIELDS = {"hf_passthrough", "overwrite_output_dir", "evaluation_strategy", "warmup_ratio", "logging_dir",
                "ray_num_workers", "ray_init_kwargs", "resources_per_worker", "placement_strategy", "ray_run_name",
-               "ray_storage_path", "ray_storage_filesystem"}
+               "ray_storage_path", "ray_storage_filesystem", "master_addr", "master_port"}
 # Fields of ours that only Seq2SeqTrainingArguments has (sft prediction): left out for other argument classes.
 _SEQ2SEQ_FIELDS = {"predict_with_generate", "generation_max_length", "generation_num_beams"}
 

@@ -10,6 +10,7 @@ only from this machine and stopped at its end. `output_dir` must be on a file sy
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,23 +63,26 @@ def launch(cfg: RunConfig) -> int:
     import ray
 
     local = not (os.environ.get("RAY_ADDRESS") or (cfg.train.ray_init_kwargs or {}).get("address"))
-    _init(ray, cfg, local)
+    temp = tempfile.mkdtemp(prefix="lmforge-ray-") if local else None
+    _init(ray, cfg, temp)
     try:
         return _fit(ray, cfg)
     finally:
         if local:
             ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
 
 
-def _init(ray, cfg: RunConfig, local: bool) -> None:
+def _init(ray, cfg: RunConfig, temp: str | None) -> None:
+    """Connect to the cluster, or start a local instance with its files in `temp`."""
     kwargs = dict(cfg.train.ray_init_kwargs or {})
-    if local:
+    if temp:
         # Only this machine reaches the instance, so Ray's token (which it would write into the home folder) is
         # not needed; its files go to a temporary folder of this run, not to a shared /tmp/ray.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         kwargs.setdefault("_node_ip_address", "127.0.0.1")
         kwargs.setdefault("include_dashboard", False)
-        kwargs.setdefault("_temp_dir", tempfile.mkdtemp(prefix="lmforge-ray-"))
+        kwargs.setdefault("_temp_dir", temp)
     kwargs.setdefault("logging_level", "WARNING")
     kwargs.setdefault("configure_logging", True)
     try:
@@ -111,6 +115,8 @@ def _fit(ray, cfg: RunConfig) -> int:
     train = cfg.train
     per_worker = _resources(ray, cfg)
     env = {name: os.environ[name] for name in _FORWARDED if name in os.environ}
+    # Ray Train would also send every print() (lmforge's progress lines) through its logger: each line twice.
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
     storage = Path(train.ray_storage_path).absolute()
     name = train.ray_run_name or Path(train.output_dir).name
     logger.info(f"Training on Ray: {train.ray_num_workers} workers, {per_worker} each ({train.placement_strategy}); "

@@ -35,9 +35,25 @@ class StopOnSignal(TrainerCallback):
         self.received = signum
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None:
+        if self._agreed(args):
             control.should_save = True
             control.should_training_stop = True
+
+    def _agreed(self, args) -> bool:
+        """Whether any process was asked to stop. The processes of a launched run get the signal at slightly
+        different moments; they must still stop (and save, which is collective) after the same step."""
+        asked = self.received is not None
+        if args.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                flag = torch.tensor([int(asked)], device=args.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item() and not asked:
+                    self.received = signal.SIGTERM  # another process received it
+                asked = bool(flag.item())
+        return asked
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._previous is not None:
