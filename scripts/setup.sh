@@ -21,7 +21,7 @@ else
 fi
 TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
 echo "torch==${TORCH_VERSION}" > .venv/constraints.txt
-$PIP install -q -c .venv/constraints.txt -e ".[api,webui,metrics,gguf,dev]"
+$PIP install -q -c .venv/constraints.txt -e ".[api,webui,metrics,gguf,vision,dev]"
 
 # The web page tests drive Debian's Chromium through Playwright (no browser download).
 if ! command -v chromium >/dev/null 2>&1; then

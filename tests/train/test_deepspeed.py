@@ -98,9 +98,10 @@ def test_zero3_full_finetuning_saves_the_gathered_model_that_chat_loads(tiny_lla
     assert answers[0].stdout.strip() and answers[1].stdout == answers[0].stdout
 
 
-def test_a_zero2_checkpoint_resumes_to_the_same_losses(ddp_lora, tiny_llama_dir, tmp_path):
-    out = tmp_path / "zero2"
-    args = ds_args(tiny_llama_dir, out, "ds_z2_config.json")
+@pytest.mark.parametrize("config", ["ds_z2_config.json", "ds_z3_config.json"])
+def test_a_zero_checkpoint_resumes_to_the_same_losses(config, tiny_llama_dir, tmp_path):
+    out = tmp_path / "zero"
+    args = ds_args(tiny_llama_dir, out, config)
     first = train(args, env(tmp_path, **TWO))
     assert first.returncode == 0, first.stderr[-3000:]
     full = losses(out)

@@ -10,8 +10,9 @@ import yaml
 from tests.conftest import DATA_DIR
 from tests.train.conftest import EXAMPLES, train
 
-# tests/export runs merge_lora/, tests/eval runs predict/ and eval/.
-OTHER_COMMANDS = ("merge_lora", "predict", "eval")
+# tests/export runs merge_lora/, tests/eval runs predict/ and eval/; accelerate/ holds accelerate's own
+# launch configs (tests/train/test_distributed.py launches with them).
+OTHER_COMMANDS = ("merge_lora", "predict", "eval", "accelerate")
 YAMLS = sorted(p for p in EXAMPLES.rglob("*.yaml") if p.parent.name not in OTHER_COMMANDS)
 
 
