@@ -149,3 +149,19 @@ def test_a_broken_deepspeed_config_is_one_line(tiny_llama_dir, tmp_path):
     assert done.stderr.splitlines()[-1] == (f"lmforge train: error: deepspeed: '{bad}' is not valid JSON: Expecting "
                                             "property name enclosed in double quotes at line 1, column 35.")
     assert not (tmp_path / "run").exists()
+
+
+def test_dpo_with_a_reference_model_under_zero3_scores_like_ddp(tiny_llama_dir, tmp_path):
+    """Full-model DPO keeps a frozen reference copy; ZeRO-3 loads it partitioned, so it must run in an engine that
+    gathers its weights (otherwise its forward sees empty tensors)."""
+    logs = {}
+    for name, config in (("ddp", None), ("zero3", "ds_z3_config.json")):
+        out = tmp_path / name
+        done = train(ds_args(tiny_llama_dir, out, config, stage="dpo", dataset="dpo_en_demo", finetuning_type="full",
+                             learning_rate="1e-4", max_steps=2, cutoff_len=64), env(tmp_path, **TWO))
+        assert done.returncode == 0, done.stderr[-3000:]
+        logs[name] = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    for key in ("loss", "rewards/margins", "logps/chosen"):
+        want = [r[key] for r in logs["ddp"] if key in r]
+        got = [r[key] for r in logs["zero3"] if key in r]
+        assert len(got) == len(want) == 2 and all(abs(a - b) < 1e-4 for a, b in zip(want, got, strict=True)), key

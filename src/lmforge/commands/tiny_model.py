@@ -10,13 +10,21 @@ def main(argv: list[str]) -> int:
 
     parser = ArgumentParser(prog="lmforge tiny-model", description="Build a tiny random-weight model.")
     parser.add_argument("output_dir", help="Folder to write the model and tokenizer to.")
-    parser.add_argument("--arch", default="llama", choices=ARCHITECTURES)
+    # qwen2_vl: a vision-language model (image processor and vision tokens too), tiny size only.
+    parser.add_argument("--arch", default="llama", choices=(*ARCHITECTURES, "qwen2_vl"))
     parser.add_argument("--size", default="tiny", choices=list(SIZES))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from lmforge.testing.tiny import build_tiny_model
+    if args.arch == "qwen2_vl":
+        if args.size != "tiny":
+            parser.error("--arch qwen2_vl is built in size tiny only")
+        from lmforge.testing.tiny_vl import build_tiny_vl_model
 
-    path = build_tiny_model(args.output_dir, arch=args.arch, size=args.size, seed=args.seed)
+        path = build_tiny_vl_model(args.output_dir, seed=args.seed)
+    else:
+        from lmforge.testing.tiny import build_tiny_model
+
+        path = build_tiny_model(args.output_dir, arch=args.arch, size=args.size, seed=args.seed)
     print(f"Wrote a tiny {args.arch} model ({args.size}) to {path}")
     return 0

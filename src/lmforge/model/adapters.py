@@ -40,7 +40,8 @@ def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = total = 0
     for param in model.parameters():
-        n = param.numel()
+        # Under DeepSpeed ZeRO-3 a process holds an empty placeholder; `ds_numel` is the whole parameter's size.
+        n = getattr(param, "ds_numel", None) or param.numel()
         total += n
         if param.requires_grad:
             trainable += n

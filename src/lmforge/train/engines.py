@@ -53,6 +53,20 @@ def check_settings(deepspeed, fsdp, stage: str | None = None) -> None:
             raise UserError("fsdp is not supported by stage ppo; use deepspeed or plain DDP (FORCE_TORCHRUN=1).")
 
 
+def zero_stage(deepspeed) -> int | None:
+    if isinstance(deepspeed, dict):
+        config = deepspeed
+    elif isinstance(deepspeed, str) and os.path.isfile(deepspeed):
+        try:
+            config = json.loads(Path(deepspeed).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    else:
+        return None
+    zero = config.get("zero_optimization") if isinstance(config, dict) else None
+    return zero.get("stage") if isinstance(zero, dict) else None
+
+
 def _launching() -> bool:
     """Whether this process is the launcher that is about to start the ranks (not a rank itself)."""
     from lmforge.train import launcher

@@ -26,6 +26,10 @@ class PreferenceTrainer(ForgeTrainer):
         # The loss is a mean over pairs, not a sum over tokens: the Trainer must divide it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.stage = stage
+        if ref_model is not None:
+            from lmforge.train.zero3 import frozen_for_zero3
+
+            ref_model = frozen_for_zero3(ref_model, self.accelerator)
         self.ref_model = ref_model
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 

@@ -20,7 +20,7 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     from lmforge.utils import distributed
 
     # A launched run joins its process group first; only the main process touches output_dir.
-    from lmforge.train import engines
+    from lmforge.train import engines, zero3
 
     engines.check(cfg)
     distributed.init(cfg.train.ddp_timeout)
@@ -28,7 +28,7 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
-    with _tensorboard_dir(cfg.train.logging_dir):
+    with _tensorboard_dir(cfg.train.logging_dir), zero3.loading(cfg, resume_from):
         try:
             return _run_stage(cfg, resume_from, callbacks)
         except RuntimeError as err:
