@@ -138,3 +138,45 @@ def test_packing_still_refuses_media_rows(qwen2_vl, mm_processor, aligned, rows_
     processor = get_processor("sft", make_args(packing=True), template, tokenizer, mm_processor=mm_processor)
     with pytest.raises(UserError, match="Dataset 'mllm_demo' row 0 has images"):
         processor.process(rows_dataset(rows)[:1])
+
+
+def test_video_rows_and_the_collator_feed_the_model(qwen2_vl, mm_processor, vl_dir, aligned, rows_dataset, make_args,
+                                                    run_map, image, tmp_path):
+    """A video row, an image row and a text row: one batch whose pixels and token types the model accepts."""
+    av = pytest.importorskip("av")
+    import numpy as np
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from lmforge.data.collator import MultiModalDataCollator, SFTDataCollator
+    from lmforge.data.mm_plugin import get_mm_plugin
+
+    video = tmp_path / "moving.mp4"
+    with av.open(str(video), "w") as container:  # four 56x56 frames at 2 fps: fps 2.0 keeps them all
+        stream = container.add_stream("mpeg4", rate=2)
+        stream.width = stream.height = 56
+        stream.pix_fmt = "yuv420p"
+        for i in range(4):
+            frame = np.full((56, 56, 3), 255, np.uint8)
+            frame[8:40, 4 + 4 * i : 36 + 4 * i] = (255, 0, 0)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    template, tokenizer = qwen2_vl
+    rows = [{**aligned(["<video>What moves?", "A square."]), "_videos": [str(video)]},
+            media_row(aligned, ["<image>What is this?", "A square."], [image()]),
+            media_row(aligned, ["Just text.", "Fine."], None)]
+    data_args = make_args()
+    out = run_map(get_processor("sft", data_args, template, tokenizer, mm_processor=mm_processor), rows_dataset(rows))
+    assert out["_drop"] == ["", "", ""]
+    # 4 frames -> 2 temporal patches of a 4x4 grid, merged 2x2: 8 video tokens.
+    assert out[0]["input_ids"].count(tokenizer.convert_tokens_to_ids("<|video_pad|>")) == 8
+
+    collate = MultiModalDataCollator(SFTDataCollator.from_tokenizer(tokenizer), get_mm_plugin("qwen2_vl"),
+                                     mm_processor, data_args, tokenizer)
+    batch = collate([{k: out[i][k] for k in out.column_names if not k.startswith("_")} for i in range(3)])
+    assert batch["video_grid_thw"].tolist() == [[2, 4, 4]] and batch["image_grid_thw"].tolist() == [[1, 4, 4]]
+    assert (batch["mm_token_type_ids"] == 2).sum() == 8 and (batch["mm_token_type_ids"] == 1).sum() == 4
+    model = AutoModelForImageTextToText.from_pretrained(vl_dir, dtype=torch.float32)
+    assert torch.isfinite(model(**batch).loss)
