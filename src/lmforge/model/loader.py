@@ -122,7 +122,11 @@ def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, de
     A vision-language model (Qwen2-VL, Qwen2.5-VL) loads whole, vision tower included, with
     `AutoModelForImageTextToText`, as LLaMA-Factory does; `AutoModelForCausalLM` has no mapping for it.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+    )
 
     from lmforge.model.multimodal import is_multimodal
 

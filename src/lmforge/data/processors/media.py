@@ -11,8 +11,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lmforge.data.mm_plugin import IMAGES, VIDEOS, MediaReadError, get_mm_plugin, placeholders
-from lmforge.data.processors.base import MEDIA_COUNT_MISMATCH, MISSING_MEDIA, UNSUPPORTED_MEDIA
+from lmforge.data.mm_plugin import (
+    IMAGES,
+    VIDEOS,
+    MediaReadError,
+    get_mm_plugin,
+    placeholders,
+)
+from lmforge.data.processors.base import (
+    MEDIA_COUNT_MISMATCH,
+    MISSING_MEDIA,
+    UNSUPPORTED_MEDIA,
+)
 from lmforge.data.templates.media import MediaTokens
 from lmforge.utils.logging import get_logger
 
