@@ -138,3 +138,26 @@ class DataArguments:
             "read_by": (DATASET,),
         },
     )
+    # Multimodal processing (LLaMA-Factory's ProcessorArguments): how images and videos are sized and sampled
+    # before the model's own processor sees them. They shape the vision tokens of every sample, so tokenizing
+    # and batching read them alike.
+    image_max_pixels: int = field(
+        default=768 * 768,
+        metadata={"help": "Images larger than this many pixels are scaled down (aspect kept).", "read_by": (DATASET,)},
+    )
+    image_min_pixels: int = field(
+        default=32 * 32,
+        metadata={"help": "Images smaller than this many pixels are scaled up (aspect kept).", "read_by": (DATASET,)},
+    )
+    video_max_pixels: int = field(
+        default=256 * 256, metadata={"help": "Most pixels of a video frame.", "read_by": (DATASET,)}
+    )
+    video_min_pixels: int = field(
+        default=16 * 16, metadata={"help": "Fewest pixels of a video frame.", "read_by": (DATASET,)}
+    )
+    video_fps: float = field(
+        default=2.0, metadata={"help": "Video frames sampled per second.", "read_by": (DATASET,)}
+    )
+    video_maxlen: int = field(
+        default=128, metadata={"help": "Most frames sampled from one video.", "read_by": (DATASET,)}
+    )

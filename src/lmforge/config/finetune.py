@@ -42,6 +42,19 @@ class FinetuningArguments:
         default=None,
         metadata={"help": "Freeze: extra non-layer modules to train (e.g. embed_tokens).", "read_by": (TRAINING,)},
     )
+    freeze_vision_tower: bool = field(
+        default=True,
+        metadata={"help": "Multimodal models: keep the vision tower frozen (no LoRA on it, no full training).",
+                  "read_by": (TRAINING,)},
+    )
+    freeze_multi_modal_projector: bool = field(
+        default=True,
+        metadata={"help": "Multimodal models: keep the projector (vision-to-text merger) frozen.", "read_by": (TRAINING,)},
+    )
+    freeze_language_model: bool = field(
+        default=False,
+        metadata={"help": "Multimodal models: keep the language model frozen.", "read_by": (TRAINING,)},
+    )
     additional_target: list[str] | None = field(
         default=None,
         metadata={"help": "LoRA: modules trained fully and saved with the adapter.", "read_by": (TRAINING,)},

@@ -13,6 +13,7 @@ from lmforge.data.processors.base import IGNORE_INDEX
 # Columns the collators pad; anything else (except `_`-prefixed bookkeeping columns) is an error,
 # so a stray column fails loudly instead of silently vanishing from the batch.
 PADDED_COLUMNS = ("input_ids", "attention_mask", "labels", "position_ids")
+MEDIA_COLUMNS = ("images", "videos")  # media paths of multimodal SFT rows, read by MultiModalDataCollator
 
 
 def prepare_4d_attention_mask(index_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -118,6 +119,33 @@ class SFTDataCollator:
             batch["position_ids"] = pad_sequences(positions, 0, side, multiple)
         if self.block_diag_attn and self.attn_implementation != "flash_attention_2":
             batch["attention_mask"] = prepare_4d_attention_mask(batch["attention_mask"], self.compute_dtype)
+        return batch
+
+
+@dataclass
+class MultiModalDataCollator:
+    """SFT rows of a multimodal model: `SFTDataCollator`'s padded tokens plus the pixels of the batch's media.
+
+    Each row carries `images` / `videos` (paths kept by the processor). All of the batch's images go
+    through the template's plugin at once, in row order, which is the order the model fills its image
+    tokens in; likewise videos. `mm_token_type_ids` marks those tokens (Qwen2-VL's M-RoPE needs it).
+    A batch of text rows only gets no pixel inputs at all; the model then runs as a text model.
+    """
+
+    text: SFTDataCollator
+    plugin: Any
+    processor: Any
+    data_args: Any
+    tokenizer: Any
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Return the text batch, plus `pixel_values`, `image_grid_thw` (videos: `*_videos`, `video_grid_thw`)."""
+        media = {kind: [item for feature in features for item in feature.get(kind) or []]
+                 for kind in MEDIA_COLUMNS}
+        batch = self.text([{k: v for k, v in feature.items() if k not in MEDIA_COLUMNS} for feature in features])
+        if any(media.values()):
+            batch.update(self.plugin.mm_inputs(media["images"], media["videos"], self.processor, self.data_args))
+            batch["mm_token_type_ids"] = self.plugin.token_type_ids(batch["input_ids"], self.tokenizer)
         return batch
 
 

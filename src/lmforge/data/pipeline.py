@@ -120,24 +120,27 @@ def tokenize_split(dataset, data_args: DataArguments, processor, report: DropRep
     return (valid.remove_columns(meta) if meta else valid), dropped_tokens
 
 
-def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, generate_eval: bool = False) -> DatasetModule:
+def get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None = None, generate_eval: bool = False,
+                mm_processor=None) -> DatasetModule:
     """Tokenized train/eval datasets for the run (loaded from `tokenized_path` when it exists).
 
+    `mm_processor`: a multimodal model's processor; sft rows with images or videos are then kept.
     In a multi-process run the main process prepares them first; the others then read its caches.
     """
     from lmforge.utils.distributed import main_process_first
 
     with main_process_first():
-        return _get_dataset(cfg, tokenizer, template, stage, generate_eval)
+        return _get_dataset(cfg, tokenizer, template, stage, generate_eval, mm_processor)
 
 
-def _get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None, generate_eval: bool) -> DatasetModule:
+def _get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None, generate_eval: bool,
+                 mm_processor=None) -> DatasetModule:
     from lmforge.data.processors import get_processor
 
     data = cfg.data
     stage = stage or cfg.finetune.stage
     if data.tokenized_path and Path(data.tokenized_path).exists() and not data.overwrite_cache:
-        return _load_saved(data, stage, template, tokenizer, generate_eval)
+        return _load_saved(data, stage, template, tokenizer, generate_eval, mm_processor)
     if data.tokenized_path and data.streaming:
         # Refuse before loading and tokenizing anything.
         raise UserError("tokenized_path cannot be used with streaming: a stream cannot be saved.")
@@ -147,7 +150,7 @@ def _get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None, generat
     tokenized: dict[str, Any] = {}
     for name, dataset in aligned.items():
         predicting = generate_eval and name != TRAIN_SPLIT
-        processor = get_processor(stage, data, template, tokenizer, do_generate=predicting)
+        processor = get_processor(stage, data, template, tokenizer, do_generate=predicting, mm_processor=mm_processor)
         tokenized[name], dropped = tokenize_split(dataset, data, processor, module.report, name,
                                                   stage=PREDICT if predicting else TOKENIZE)
         module.packing_dropped_tokens += dropped
@@ -175,7 +178,8 @@ def _get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None, generat
     return module
 
 
-def _load_saved(data: DataArguments, stage: str, template, tokenizer, generate_eval: bool) -> DatasetModule:
+def _load_saved(data: DataArguments, stage: str, template, tokenizer, generate_eval: bool,
+                mm_processor=None) -> DatasetModule:
     """The splits saved in `tokenized_path`, refused when their columns do not fit this run's processors."""
     from lmforge.data.processors import get_processor
     from lmforge.data.tokenized import load_tokenized
@@ -189,8 +193,9 @@ def _load_saved(data: DataArguments, stage: str, template, tokenizer, generate_e
         if dataset is None:
             continue
         # A folder saved by a run with another stage or packing setting would fail later, in the collator.
-        processor = get_processor(stage, data, template, tokenizer, do_generate=generate_eval and name != TRAIN_SPLIT)
-        kept = [*processor.model_columns, *processor.extra_features]  # what save_tokenized keeps of them
+        processor = get_processor(stage, data, template, tokenizer, do_generate=generate_eval and name != TRAIN_SPLIT,
+                                  mm_processor=mm_processor)
+        kept = [*processor.model_columns, *processor.media_columns, *processor.extra_features]  # what save_tokenized keeps
         expected = sorted(column for column in kept if not column.startswith("_"))
         if sorted(dataset.column_names) != expected:
             raise UserError(

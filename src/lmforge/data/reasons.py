@@ -98,6 +98,24 @@ _TABLE = (
     Reason("no_supervised_tokens", "dropped (training)",
            "Truncation to `cutoff_len` left no token of the answer to train on: the prompt fills the budget.",
            "Raise `cutoff_len`, or shorten the prompt, system prompt or tools."),
+    Reason("unsupported_media", "dropped (training)",
+           "The row has images or videos, but the template has no multimodal plugin for them (e.g. llama3), or "
+           "the model is a text model without an image processor; the log names which.",
+           "Use a multimodal model with its template (`template: qwen2_vl`), or remove the `images`/`videos` "
+           "column from the dataset_info.json entry to train on the text only."),
+    Reason("media_count_mismatch", "dropped (training)",
+           "The number of `<image>` (`<video>`) placeholders in the messages differs from the number of images "
+           "(videos) the row lists; also a placeholder in a row without media. The placeholders can be renamed "
+           "with the IMAGE_PLACEHOLDER / VIDEO_PLACEHOLDER environment variables.",
+           "Put one placeholder in the text for each image (video), where the model should see it."),
+    Reason("missing_media", "dropped (training)",
+           "An image or video file of the row does not exist or cannot be decoded; the log names the file. "
+           "Relative paths are read from `media_dir` (default: `dataset_dir`).",
+           "Fix the path (or `media_dir`), or replace the broken file."),
+    Reason("vision_tokens_cut", "dropped (training)",
+           "Truncation to `cutoff_len` would cut into the vision tokens of an image or video (or drop a turn "
+           "that holds them); the model needs all of them to match the pixels.",
+           "Raise `cutoff_len`, lower `image_max_pixels` / `video_max_pixels`, or shorten the row."),
     Reason("empty_text", "dropped (pt)",
            "stage pt: the row has no text (empty or only spaces).",
            'Delete the row, or map the text column: `"prompt": "<column>"`.'),

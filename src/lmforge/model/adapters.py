@@ -188,6 +188,8 @@ def setup_lora(model, model_args: ModelArguments, ft: FinetuningArguments):
         model = load_adapters(model, paths, model_args.model_name_or_path, merge=True, trainable=resume)
     if resume and isinstance(model, PeftModel):
         return model
+    from lmforge.model.multimodal import is_multimodal, lora_target_names
+
     targets = find_all_linear_modules(model) if ft.lora_target == ["all"] else list(ft.lora_target)
     present = set(find_all_linear_modules(model)) | {n.split(".")[-1] for n, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
@@ -196,6 +198,12 @@ def setup_lora(model, model_args: ModelArguments, ft: FinetuningArguments):
             f"lora_target {missing} not found in the model; its linear layers are: "
             f"{', '.join(find_all_linear_modules(model))} (or use lora_target: all)."
         )
+    if is_multimodal(model):
+        # Only the unfrozen parts (by default the language model) get adapters.
+        targets = lora_target_names(model, targets, ft)
+        if not targets:
+            raise UserError("The freeze_vision_tower / freeze_multi_modal_projector / freeze_language_model flags "
+                            "leave no LoRA target; unfreeze a part or change lora_target.")
     config = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=ft.lora_rank,
@@ -223,10 +231,14 @@ def init_adapter(model, model_args: ModelArguments, ft: FinetuningArguments, tra
     """Prepare `model` for training with `ft.finetuning_type`, or apply adapters for inference."""
     if not trainable:
         return load_adapters(model, model_args.adapter_name_or_path or [], model_args.model_name_or_path, merge=True)
+    from lmforge.model.multimodal import freeze_parts
+
     if ft.finetuning_type == "full":
         setup_full(model, ft)
+        freeze_parts(model, ft)
     elif ft.finetuning_type == "freeze":
         setup_freeze(model, ft)
+        freeze_parts(model, ft)
     else:
         model = setup_lora(model, model_args, ft)
     trainable_n, total = count_parameters(model)

@@ -117,8 +117,18 @@ def _apply_rope_scaling(config, model_args: ModelArguments, max_length: int | No
 
 def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, device_map=None,
                max_length: int | None = None):
-    """Load the causal LM of `model_args.model_name_or_path` (weights, or random from its config)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Load the causal LM of `model_args.model_name_or_path` (weights, or random from its config).
+
+    A vision-language model (Qwen2-VL, Qwen2.5-VL) loads whole, vision tower included, with
+    `AutoModelForImageTextToText`, as LLaMA-Factory does; `AutoModelForCausalLM` has no mapping for it.
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+    )
+
+    from lmforge.model.multimodal import is_multimodal
 
     path = model_args.model_name_or_path
     check_model_path(path)
@@ -136,11 +146,12 @@ def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, de
         kwargs["device_map"] = device_map
     if model_args.rope_scaling:
         _apply_rope_scaling(config, model_args, max_length)
+    auto_class = AutoModelForImageTextToText if is_multimodal(config) else AutoModelForCausalLM
     if model_args.train_from_scratch:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
+        model = auto_class.from_config(config, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+            model = auto_class.from_pretrained(path, config=config, **kwargs)
         except OSError as err:
             raise UserError(f"Cannot load the model weights of '{path}': {str(err).splitlines()[0]}") from None
     if model_args.resize_vocab and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:

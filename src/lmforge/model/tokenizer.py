@@ -46,6 +46,27 @@ def load_tokenizer(model_args: ModelArguments):
     return tokenizer
 
 
+def load_mm_processor(model_args: ModelArguments):
+    """The processor (image processor, video sampler) of a vision-language model; None for a text model.
+
+    It comes with the tokenizer, as in LLaMA-Factory's `load_tokenizer`: the data pipeline needs it to
+    count each image's vision tokens, and the collator to make the pixels.
+    """
+    from transformers import AutoConfig
+
+    from lmforge.model.multimodal import is_multimodal
+
+    try:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs(model_args))
+    except (OSError, ValueError):
+        return None  # load_model reports an unreadable config, with its fix
+    if not is_multimodal(config):
+        return None
+    from lmforge.model.vl_processor import load_processor
+
+    return load_processor(model_args.model_name_or_path)
+
+
 def _gguf_tokenizer(gguf: Path):
     """The export's own tokenizer files when they sit next to the GGUF, else the tokenizer inside the GGUF."""
     from transformers import AutoTokenizer

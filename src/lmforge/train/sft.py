@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 
-from lmforge.data.collator import SFTDataCollator
+from lmforge.data.collator import MultiModalDataCollator, SFTDataCollator
+from lmforge.data.mm_plugin import get_mm_plugin
 from lmforge.data.pipeline import get_dataset
 from lmforge.model.loader import ATTENTION
-from lmforge.model.tokenizer import load_tokenizer_and_template
+from lmforge.model.tokenizer import load_mm_processor, load_tokenizer_and_template
 from lmforge.train.common import build_trainer, compute_dtype, finish, load_trainable_model
 from lmforge.train.trainer import ForgeTrainer
 
@@ -20,7 +21,8 @@ def run_sft(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
     """Run sft training and/or evaluation; return the metrics."""
     tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
     tokenizer.chat_template = template.to_jinja(tokenizer)  # saved with every checkpoint and the result
-    dataset = get_dataset(cfg, tokenizer, template, stage="sft")
+    mm_processor = load_mm_processor(cfg.model)  # None for a text model
+    dataset = get_dataset(cfg, tokenizer, template, stage="sft", mm_processor=mm_processor)
     model = load_trainable_model(cfg, tokenizer, template)
     collator = SFTDataCollator.from_tokenizer(
         tokenizer,
@@ -29,6 +31,10 @@ def run_sft(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
         attn_implementation=ATTENTION[cfg.model.flash_attn],
         compute_dtype=compute_dtype(cfg),
     )
+    if mm_processor is not None:
+        # The rows keep their image paths; the pixels are made per batch, as LLaMA-Factory does.
+        collator = MultiModalDataCollator(collator, get_mm_plugin(getattr(template, "mm_plugin", None)),
+                                          mm_processor, cfg.data, tokenizer)
     metric_kwargs = {}
     if cfg.finetune.compute_accuracy:
         from lmforge.train.metrics import argmax_logits, token_accuracy

@@ -50,10 +50,13 @@ def test_masking_flag_conflicts(llama3, glm4, make_args):
         get_processor("sft", make_args(train_on_prompt=True), template, tokenizer)
 
 
-def test_media_rows_are_refused_with_their_location(llama3, aligned, rows_dataset, make_args, run_map):
+def test_media_rows_are_refused_by_the_processors_without_media(llama3, aligned, rows_dataset, make_args):
+    """sft drops them per row (tests/data/processors/test_media.py); packing and the other stages refuse them."""
     template, tokenizer = llama3
     row = {**aligned(["<image>What is this?", "A cat."], dataset="mllm_demo"), "_images": ["cat.png"]}
     with pytest.raises(
         UserError, match=r"Dataset 'mllm_demo' row 0 has images, but multimodal data is not supported yet"
     ):
-        get_processor("sft", make_args(), template, tokenizer).process(rows_dataset([row])[:1])
+        get_processor("dpo", make_args(), template, tokenizer).process(rows_dataset([
+            {**row, "_response": [{"role": "assistant", "content": "A cat."}, {"role": "assistant", "content": "A dog."}]}
+        ])[:1])

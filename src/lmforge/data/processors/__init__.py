@@ -43,9 +43,13 @@ __all__ = [
 
 
 
-def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool = False) -> Processor:
+def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool = False,
+                  mm_processor=None) -> Processor:
     """Return the processor of `stage`: pt, sft (with `do_generate`: generation prompts), rm and dpo (pairs), kto,
     ppo (prompts only), grpo (prompts with their reference answers).
+
+    `mm_processor` (a multimodal model's processor) lets sft training keep image and video rows; the other
+    processors refuse media rows.
 
     `packing` (default: on for pt, off for sft) and `neat_packing` choose the packed variants.
     """
@@ -68,7 +72,7 @@ def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool 
             return PackedSupervisedProcessor(data_args, template, tokenizer)
         from lmforge.data.processors.supervised import SupervisedProcessor
 
-        return SupervisedProcessor(data_args, template, tokenizer)
+        return SupervisedProcessor(data_args, template, tokenizer, mm_processor=mm_processor)
 
     if stage in ("rm", "dpo"):
         from lmforge.data.processors.pairwise import PairwiseProcessor

@@ -29,9 +29,14 @@ TOO_LONG = "too_long"  # longer than cutoff_len (drop_overlong, or too long to p
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"  # every label is IGNORE_INDEX after truncation
 EMPTY_TEXT = "empty_text"  # pt row without any text
 PACKING_REMAINDER = "packing_remainder"  # pt: tokens after the last full block of a batch
+# Multimodal rows (sft): judged by the supervised processor with the template's plugin.
+UNSUPPORTED_MEDIA = "unsupported_media"  # images/videos given to a template (or model) that takes none
+MEDIA_COUNT_MISMATCH = "media_count_mismatch"  # placeholder count != number of images (or videos)
+MISSING_MEDIA = "missing_media"  # a media file is missing or cannot be decoded
+VISION_TOKENS_CUT = "vision_tokens_cut"  # cutoff_len would cut into (or drop) an image's or video's tokens
 REASONS = (
     MISSING_RESPONSE, EMPTY_RESPONSE, EMPTY_PROMPT, INVALID_TURNS, TOO_LONG, NO_SUPERVISED_TOKENS, EMPTY_TEXT,
-    PACKING_REMAINDER,
+    PACKING_REMAINDER, UNSUPPORTED_MEDIA, MEDIA_COUNT_MISMATCH, MISSING_MEDIA, VISION_TOKENS_CUT,
 )  # fmt: skip
 
 
@@ -73,13 +78,16 @@ class Processor:
     """
 
     model_columns: tuple[str, ...] = ("input_ids", "attention_mask", "labels")
+    # Lists of media paths kept next to the tokens for the collator, which reads the pixels (multimodal models).
+    media_columns: tuple[str, ...] = ()
     attention_dtype = "int8"
     extra_features: Mapping[str, Any] = {}
 
-    def __init__(self, data_args, template, tokenizer) -> None:
+    def __init__(self, data_args, template, tokenizer, mm_processor=None) -> None:
         self.data_args = data_args
         self.template = template
         self.tokenizer = tokenizer
+        self.mm_processor = mm_processor  # the model's image/video processor; None for a text-only model
 
     @cached_property
     def features(self):
@@ -89,6 +97,7 @@ class Processor:
         # Token columns, also prefixed ones (chosen_input_ids, kl_labels, ...): masks are small ints.
         features = {name: int_list(self.attention_dtype if name.endswith("attention_mask") else "int32")
                     for name in self.model_columns}
+        features.update({name: List(Value("string")) for name in self.media_columns})
         features.update({"_dataset": Value("string"), "_row": Value("int64"), "_drop": Value("string")})
         flag = {"dataset": Value("string"), "row": Value("int64"), "reason": Value("string")}
         features[WARN_COLUMN] = List(flag)
@@ -120,7 +129,8 @@ class Processor:
 
     def _add_drop(self, out: dict[str, list[Any]], dataset: str, row: int, reason: str) -> None:
         for name in out:
-            out[name].append([] if name in self.model_columns or name == WARN_COLUMN else 0)
+            out[name].append([] if name in self.model_columns or name in self.media_columns or name == WARN_COLUMN
+                             else 0)
         out["_dataset"][-1], out["_row"][-1], out["_drop"][-1] = dataset, row, reason
 
     def _kept_row(self, out: dict[str, list[Any]], batch: Mapping[str, Sequence[Any]], index: int, dataset: str,

@@ -49,6 +49,7 @@ class PackedSupervisedProcessor(SupervisedProcessor):
     """
 
     model_columns = ("input_ids", "attention_mask", "position_ids", "labels")
+    accepts_media = False
 
     def __init__(self, data_args, template, tokenizer) -> None:
         super().__init__(data_args, template, tokenizer)

@@ -14,12 +14,14 @@ from lmforge.data.processors.base import (
     IGNORE_INDEX,
     NO_SUPERVISED_TOKENS,
     TOO_LONG,
+    VISION_TOKENS_CUT,
     Processor,
     check_text_only,
     empty_turns,
     row_meta,
     turn_problem,
 )
+from lmforge.data.processors.media import IMAGES, VIDEOS, MediaJudge
 from lmforge.data.processors.truncation import infer_seqlen
 from lmforge.errors import UserError
 
@@ -45,10 +47,25 @@ class SupervisedProcessor(Processor):
     `missing_response`, `invalid_turns`, `too_long` (only with `drop_overlong`) or `no_supervised_tokens`.
     Kept rows whose last user turn or answer is blank are trained as they are (LLaMA-Factory does the
     same, and an empty answer can be meant) but flagged `empty_prompt` / `empty_response` in `_warn`.
+
+    Rows with images or videos (see `media.py`) get their placeholders expanded into vision tokens, or
+    are dropped as `unsupported_media`, `media_count_mismatch`, `missing_media` or `vision_tokens_cut`.
+    With a multimodal model (`mm_processor`) the output also keeps `images` and `videos`, the paths the
+    collator turns into pixels.
     """
 
-    def __init__(self, data_args, template, tokenizer) -> None:
-        super().__init__(data_args, template, tokenizer)
+    accepts_media = True  # the packed variant does not: one block would mix several samples' images
+
+    def __init__(self, data_args, template, tokenizer, mm_processor=None) -> None:
+        super().__init__(data_args, template, tokenizer, mm_processor)
+        self.media = MediaJudge(template, mm_processor, data_args)
+        if mm_processor is not None and self.accepts_media:
+            self.media_columns = (IMAGES, VIDEOS)
+        # Every vision token id: truncation that removes any of them would leave pixels without their tokens.
+        tokens = [self.media.plugin.image_token, self.media.plugin.video_token]
+        if tokens != [None, None]:
+            tokens += [getattr(self.media.plugin, "vision_start", None), getattr(self.media.plugin, "vision_end", None)]
+        self.vision_ids = {tokenizer.convert_tokens_to_ids(t) for t in tokens if t is not None}
         check_masking_flags(data_args, template)
         self.efficient_eos = bool(getattr(template, "efficient_eos", False))
         self.eos_token_id = tokenizer.eos_token_id
@@ -65,14 +82,20 @@ class SupervisedProcessor(Processor):
         system: str | None,
         tools: str | None,
         cutoff_len: int | None = None,
+        media=None,
     ) -> tuple[list[int], list[int]] | str:
-        """Return (input_ids, labels) of one valid row, or the reason key when it must be dropped."""
+        """Return (input_ids, labels) of one valid row, or the reason key when it must be dropped.
+
+        `media`: the row's `MediaTokens` (from `MediaJudge.judge`), None for a text row.
+        """
         cutoff_len = self.data_args.cutoff_len if cutoff_len is None else cutoff_len
         messages = [dict(message) for message in (*prompt, *response)]
         mask_history = self.data_args.mask_history
         extra = {}
         if mask_history and not getattr(self.template, "preserve_thinking", False):
             extra["discard_history_cot"] = True  # reasoning templates: history thoughts are not trained
+        if media is not None:
+            extra["media"] = media
         pairs = self.template.encode_multiturn(self.tokenizer, messages, system or None, tools or None, **extra)
         reserved = 1 if self.efficient_eos else 0
         if self.data_args.drop_overlong:
@@ -114,9 +137,16 @@ class SupervisedProcessor(Processor):
         if self.efficient_eos:
             input_ids.append(self.eos_token_id)
             labels.append(self.eos_token_id)
+        if media is not None and self._vision_count(input_ids) != sum(
+                self._vision_count(source) + self._vision_count(target) for source, target in pairs):
+            # An image's tokens must all be there: the vision tower emits exactly that many embeddings.
+            return VISION_TOKENS_CUT
         if all(label == IGNORE_INDEX for label in labels):
             return NO_SUPERVISED_TOKENS
         return input_ids, labels
+
+    def _vision_count(self, ids: Sequence[int]) -> int:
+        return sum(1 for token in ids if token in self.vision_ids)
 
     def encode_row(self, batch: Mapping[str, Sequence[Any]], index: int, cutoff_len: int | None = None):
         """Encode input row `index` of a batch: (input_ids, labels) or a reason key."""
@@ -124,10 +154,16 @@ class SupervisedProcessor(Processor):
         problem = turn_problem(prompt, response)
         if problem:
             return problem
-        check_text_only(batch, index)
+        if not self.accepts_media:
+            check_text_only(batch, index)
+            media = None
+        else:
+            media = self.media.judge([*prompt, *response], self.media.media(batch, index))
+            if isinstance(media, str):
+                return media
         system = batch["_system"][index] if "_system" in batch else None
         tools = batch["_tools"][index] if "_tools" in batch else None
-        return self.encode(prompt, response, system, tools, cutoff_len)
+        return self.encode(prompt, response, system, tools, cutoff_len, media=media)
 
     def process(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
         """Encode every row of the batch; see the class docstring for the columns."""
@@ -139,8 +175,10 @@ class SupervisedProcessor(Processor):
                 self._add_drop(out, dataset, row, result)
                 continue
             input_ids, labels = result
+            paths = {kind: [str(item) for item in items] for kind, items in self.media.media(batch, index).items()
+                     if kind in self.media_columns}
             self._add_row(out, dataset, row, self.flags(batch, index), input_ids=input_ids,
-                          attention_mask=[1] * len(input_ids), labels=labels)
+                          attention_mask=[1] * len(input_ids), labels=labels, **paths)
         return out
 
     def flags(self, batch: Mapping[str, Sequence[Any]], index: int) -> list[dict[str, Any]]:

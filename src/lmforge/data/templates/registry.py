@@ -246,7 +246,7 @@ register(
     replace_eos=True,
 )
 register("qwen", **QWEN, default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
-register("qwen2_vl", **QWEN, default_system="You are a helpful assistant.")
+register("qwen2_vl", **QWEN, default_system="You are a helpful assistant.", mm_plugin="qwen2_vl")
 register("qwen3", **QWEN, reasoning=True)
 register("qwen3_nothink", **QWEN)
 register("qwen3_vl", **QWEN, reasoning=True)

@@ -19,6 +19,7 @@ from lmforge.errors import UserError
 
 from . import reasoning
 from .base import BaseTemplate, Message
+from .media import MediaTokens
 from .slots import EOS, Chunk, Element, Formatter, Piece, control_tokens, encode_elements, literal, render_elements
 
 logger = logging.getLogger(__name__)
@@ -72,16 +73,19 @@ class Template(BaseTemplate):
         tools: str | None = None,
         *,
         discard_history_cot: bool = False,
+        media: MediaTokens | None = None,
     ) -> list[tuple[list[int], list[int]]]:
         """(source ids, target ids) for each pair of messages (2i, 2i+1).
 
         `discard_history_cot` (reasoning templates only) strips the thoughts of all answers but the
         last and adds the empty thought to the last turn only, as LLaMA-Factory does under `mask_history`.
+        `media` (from the template's multimodal plugin) replaces the <image>/<video> placeholders of the
+        messages by their vision tokens.
         """
         controls = control_tokens(tokenizer)
         return [
             (encode_elements(tokenizer, source, controls), encode_elements(tokenizer, target, controls))
-            for source, target in self._multiturn(messages, system, tools, discard_history_cot)
+            for source, target in self._multiturn(messages, system, tools, discard_history_cot, media)
         ]
 
     def encode_prompt(
@@ -106,11 +110,12 @@ class Template(BaseTemplate):
         tools: str | None = None,
         *,
         discard_history_cot: bool = False,
+        media: MediaTokens | None = None,
     ) -> list[tuple[str, str]]:
         """`encode_multiturn` as text, for previews and golden tests."""
         return [
             (render_elements(tokenizer, source), render_elements(tokenizer, target))
-            for source, target in self._multiturn(messages, system, tools, discard_history_cot)
+            for source, target in self._multiturn(messages, system, tools, discard_history_cot, media)
         ]
 
     def render_prompt(
@@ -183,7 +188,8 @@ class Template(BaseTemplate):
         return prompt, answer
 
     def _multiturn(
-        self, messages: Sequence[Message], system: str | None, tools: str | None, discard_history_cot: bool
+        self, messages: Sequence[Message], system: str | None, tools: str | None, discard_history_cot: bool,
+        media: MediaTokens | None = None,
     ) -> list[Pair]:
         messages, system = split_system(messages, system)
         if len(messages) % 2:
@@ -198,7 +204,7 @@ class Template(BaseTemplate):
             if discard_history_cot:
                 reasoning.strip_thoughts(messages, range(1, len(messages) - 2, 2), self.thought_words)
                 turns = [len(messages) - 2]
-        formatted = self._format(messages, system, tools)
+        formatted = self._format(messages, system, tools, media)
         pairs = [(list(formatted[i]), list(formatted[i + 1])) for i in range(0, len(formatted), 2)]
         if self.reasoning:
             for i in turns:
@@ -211,9 +217,11 @@ class Template(BaseTemplate):
                     pairs[i // 2][0].append(thought)
         return pairs
 
-    def _format(self, messages: list[Message], system: str | None, tools: str | None) -> list[list[Element]]:
+    def _format(self, messages: list[Message], system: str | None, tools: str | None,
+                media: MediaTokens | None = None) -> list[list[Element]]:
         """The elements of each message (LLaMA-Factory's `_encode` before tokenization)."""
         system = system or self.default_system
+        cursor = media.cursor() if media is not None else None
         tool_text = self.format_tools(tools) if tools else ""
         formatted: list[list[Element]] = []
         for i, message in enumerate(messages):
@@ -229,13 +237,16 @@ class Template(BaseTemplate):
                     elif system_elements and isinstance(system_elements[0], Chunk):
                         fused = system_elements[0].pieces
             role, content = message["role"], message["content"]
+            # Placeholders may sit in any text turn (LLaMA-Factory expands them in every message).
+            value = cursor.pieces(content) if cursor is not None and role != "function" else content
             if role == "user":
-                value = (*fused, Piece(content, True)) if fused else content
+                if fused:
+                    value = (*fused, *((Piece(value, True),) if isinstance(value, str) else value))
                 elements += self.format_user.apply(content=value, idx=str(i // 2))
             elif role == "assistant":
-                elements += self.format_assistant.apply(content=content)
+                elements += self.format_assistant.apply(content=value)
             elif role == "observation":
-                elements += self.format_observation.apply(content=content)
+                elements += self.format_observation.apply(content=value)
             elif role == "function":
                 text = self.format_function_calls(content)
                 elements += self.format_function.apply(content=(Piece(text, False),))
