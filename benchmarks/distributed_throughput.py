@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--finetuning", choices=("lora", "full"), default="lora")
     parser.add_argument("--engines", action="store_true", help="add ZeRO-2, ZeRO-3 and FSDP2 on 2 processes")
+    parser.add_argument("--only", nargs="+", choices=tuple(ENGINES), help="of the engines, run only these")
     parser.add_argument("--out")
     args = parser.parse_args()
     steps = args.steps or (30 if args.model == "tiny" else 4)
@@ -86,6 +87,8 @@ def main() -> None:
             rows[f"{processes} process{'es' if processes > 1 else ''}"] = _run(
                 model, tmp / str(processes), processes, steps, args.batch_size, args.finetuning)
         for name, engine in ENGINES.items() if args.engines else ():
+            if args.only and name not in args.only:
+                continue
             rows[f"2 processes, {name}"] = _run(model, tmp / name, 2, steps, args.batch_size, args.finetuning, engine)
     one = rows["1 process"]
     print(f"| {args.model} {args.finetuning}, {steps} steps, global batch {args.batch_size} | s/step | x 1 process | "
