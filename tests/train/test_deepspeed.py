@@ -165,3 +165,12 @@ def test_dpo_with_a_reference_model_under_zero3_scores_like_ddp(tiny_llama_dir, 
         want = [r[key] for r in logs["ddp"] if key in r]
         got = [r[key] for r in logs["zero3"] if key in r]
         assert len(got) == len(want) == 2 and all(abs(a - b) < 1e-4 for a, b in zip(want, got, strict=True)), key
+
+
+def test_a_deepspeed_config_without_a_valid_stage_is_one_line(tiny_llama_dir, tmp_path):
+    bad = tmp_path / "ds.json"
+    bad.write_text('{"zero_optimization": {"stage": 4}}')
+    done = train([*tiny_args(tiny_llama_dir, tmp_path / "run"), f"deepspeed={bad}"], env(tmp_path, **TWO))
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (f"lmforge train: error: deepspeed: '{bad}' must be a JSON object whose "
+                                            "zero_optimization.stage is 0, 1, 2 or 3 (found 4); see examples/deepspeed/.")

@@ -231,3 +231,24 @@ def test_accelerate_launch_with_the_shipped_fsdp_config(tiny_llama_dir, tmp_path
     assert "FSDP2: 39 of 39 parameter tensors sharded over 2 processes" in launched.stderr
     for (_, a), (_, b) in zip(losses(tmp_path / "one"), losses(tmp_path / "fsdp"), strict=True):
         assert abs(a - b) < 1e-4
+
+
+@pytest.mark.parametrize(("setting", "environ", "expected"), [
+    ("placement_strategy=PACKED", {"USE_RAY": "1"},
+     "placement_strategy 'PACKED' is not one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD."),
+    ("ray_num_workers=0", {"USE_RAY": "1"}, "ray_num_workers must be at least 1, got 0."),
+    ("ray_storage_filesystem=s3", {"USE_RAY": "1"}, "ray_storage_filesystem is not supported: give ray_storage_path "
+     "a folder every node shares, and remove ray_storage_filesystem."),
+    ("fsdp=full_shard", {"FORCE_TORCHRUN": "1"},
+     "fsdp is not supported by stage ppo; use deepspeed or plain DDP (FORCE_TORCHRUN=1)."),
+])
+def test_a_bad_engine_setting_is_one_line_before_anything_starts(setting, environ, expected, tiny_llama_dir,
+                                                                 tmp_path, monkeypatch, capsys):
+    from lmforge.cli import main
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    stage = ["stage=ppo", "reward_model=" + str(tmp_path)] if setting.startswith("fsdp") else []
+    assert main(["train", *tiny_args(tiny_llama_dir, tmp_path / "run"), *stage, setting]) == 1
+    assert capsys.readouterr().err.rstrip("\n").splitlines()[-1] == f"lmforge train: error: {expected}"
+    assert not (tmp_path / "run").exists()

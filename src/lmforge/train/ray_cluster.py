@@ -40,8 +40,6 @@ def check(cfg: RunConfig) -> None:
     train = cfg.train
     import importlib.util
 
-    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.train") is None:
-        raise UserError(f"USE_RAY=1 needs Ray Train, which is not installed: {INSTALL}.")
     if train.ray_num_workers < 1:
         raise UserError(f"ray_num_workers must be at least 1, got {train.ray_num_workers}.")
     if train.placement_strategy not in PLACEMENT_STRATEGIES:
@@ -55,6 +53,8 @@ def check(cfg: RunConfig) -> None:
     if train.ray_storage_filesystem:
         raise UserError("ray_storage_filesystem is not supported: give ray_storage_path a folder every node "
                         "shares, and remove ray_storage_filesystem.")
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.train") is None:
+        raise UserError(f"USE_RAY=1 needs Ray Train, which is not installed: {INSTALL}.")
 
 
 def launch(cfg: RunConfig) -> int:
