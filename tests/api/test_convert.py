@@ -66,9 +66,17 @@ def test_plain_conversation_has_no_system_and_no_tools():
      "A system message is only allowed as the first message; messages[1] is one."),
     ([{"role": "user", "content": None}], "messages[0].content",
      "messages[0].content is missing; only an assistant message with tool_calls may leave it out."),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]",
-     "messages[0].content[0]: only text parts ({\"type\": \"text\", \"text\": ...}) are supported, got type "
-     "'image_url'."),
+    ([{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}],
+     "messages[0].content[0]",
+     "messages[0].content[0]: text, image_url and video_url parts are supported in a user message, got type "
+     "'input_audio'."),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": [{"type": "image_url", "image_url": {
+        "url": "x"}}]}, {"role": "user", "content": "b"}], "messages[1].content[0]",
+     "messages[1].content[0]: only text parts are supported in an assistant message, got type 'image_url'."),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]}],
+     "messages[0].content[0].image_url",
+     "messages[0].content[0].image_url: this server reads no files from its disk (API_MEDIA_DIR is not set); send "
+     "the image as a base64 data URI."),
     ([{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": [
         {"type": "function", "function": {"name": "f", "arguments": "{bad"}}]}, {"role": "tool", "content": "r"}],
      "messages[1].tool_calls[0].function.arguments",

@@ -138,10 +138,10 @@ def create_app(engine: ChatEngine, settings: ApiSettings | None = None) -> FastA
             check_model(request.model, settings)
             overrides, sampling = generation_settings(request, engine, settings)
             check_lengths(request, context, settings)
-            conversation = to_conversation(request)
+            conversation = await in_worker(to_conversation, request, settings)  # decodes images: off the loop
             use_tools = bool(conversation.tools) and request.tool_choice != "none"
             if not use_tools:
-                conversation = Conversation(conversation.messages, conversation.system, None)
+                conversation = Conversation(conversation.messages, conversation.system, None, conversation.media)
             prompt_ids = await in_worker(_prompt_ids, engine, conversation, rid)
             overrides["max_new_tokens"] = max_new_tokens(request, len(prompt_ids), context,
                                                          engine.generating.max_new_tokens, settings)
@@ -153,6 +153,7 @@ def create_app(engine: ChatEngine, settings: ApiSettings | None = None) -> FastA
                         deterministic=not sampling,
                         conversation=(conversation.messages, conversation.system, conversation.tools),
                         use_tools=use_tools, model=request.model, request_id=rid, release=release,
+                        media=conversation.media,
                         include_usage=bool(request.stream_options and request.stream_options.include_usage))
                 except BatcherClosed as err:
                     raise submit_error(err) from None
@@ -160,7 +161,7 @@ def create_app(engine: ChatEngine, settings: ApiSettings | None = None) -> FastA
                 return response
             try:
                 job = batcher.submit(prompt_ids, request.n, overrides, seed, deterministic=not sampling,
-                                     request_id=rid)
+                                     request_id=rid, media=conversation.media)
             except BatcherClosed as err:
                 raise submit_error(err) from None
             responses = await _answers(raw, job)
@@ -275,7 +276,7 @@ def _no_constant(name: str):
 def _prompt_ids(engine: ChatEngine, conversation: Conversation, rid: str) -> list[int]:
     """The prompt tokens; a conversation the template cannot render is the request's fault (400)."""
     try:
-        return engine.prompt_ids(conversation.messages, conversation.system, conversation.tools)
+        return engine.prompt_ids(conversation.messages, conversation.system, conversation.tools, conversation.media)
     except UserError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError):

@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lmforge.chat.base import GenerationWatch, Response
+from lmforge.chat.base import GenerationWatch, Media, Response
 from lmforge.utils.logging import get_logger
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class Job:
     request_id: str
     sink: Callable[[StreamEvent], None] | None = None
     conversation: tuple[list[dict[str, str]], str | None, str | None] | None = None
+    media: Media | None = None  # the images and videos `prompt_ids` holds the vision tokens of
     future: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
     cancelled_at: float | None = None
@@ -169,7 +170,8 @@ class Batcher:
     def submit(self, prompt_ids: list[int], n: int = 1, overrides: dict[str, Any] | None = None,
                seed: int | None = None, *, deterministic: bool = False, request_id: str = "-",
                sink: Callable[[StreamEvent], None] | None = None,
-               conversation: tuple[Sequence[dict[str, str]], str | None, str | None] | None = None) -> Job:
+               conversation: tuple[Sequence[dict[str, str]], str | None, str | None] | None = None,
+               media: Media | None = None) -> Job:
         """Queue a prompt for `n` answers; `job.future` gets a list of `n` engine Responses.
 
         Pass `seed` only when the request samples: a seeded job is generated alone. A
@@ -183,7 +185,7 @@ class Batcher:
         key = ("alone", next(_ids)) if alone else _settings_key(overrides)
         rows = 1 if deterministic else n
         messages = (list(conversation[0]), conversation[1], conversation[2]) if conversation else None
-        job = Job(list(prompt_ids), n, rows, overrides, seed, key, request_id, sink, messages)
+        job = Job(list(prompt_ids), n, rows, overrides, seed, key, request_id, sink, messages, media or None)
         job.responses = [None] * rows
         with self._cond:
             if self._draining:
@@ -306,11 +308,14 @@ class Batcher:
             return
         owners = [(job, row) for job in batch for row in range(job.rows)]
         prompts = [job.prompt_ids for job, _ in owners]
+        media = [job.media for job, _ in owners]
+        extra = {"media": media} if any(media) else {}
         self.generate_calls += 1
         if self.engine.watches_generation:
-            responses = self.engine.generate_batch(prompts, watch=_Watch(owners, self._closing), **batch[0].overrides)
+            responses = self.engine.generate_batch(prompts, watch=_Watch(owners, self._closing), **extra,
+                                                   **batch[0].overrides)
         else:
-            responses = self.engine.generate_batch(prompts, **batch[0].overrides)
+            responses = self.engine.generate_batch(prompts, **extra, **batch[0].overrides)
         for (job, row), response in zip(owners, responses):
             job.row_ended(row, response)  # a no-op for rows the watch already ended
 
@@ -324,7 +329,7 @@ class Batcher:
             self.stream_calls += 1
             overrides = {**job.overrides, "stopping_criteria": _stop_when(job, self._closing)}
             text = ""
-            for piece in self.engine.stream_chat(messages, system, tools, **overrides):
+            for piece in self.engine.stream_chat(messages, system, tools, job.media, **overrides):
                 text += piece
                 for choice in job.choices(row):
                     job.emit(("piece", choice, piece))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.api.errors import ApiError
+from lmforge.api.media import PART_KINDS, MediaCollector
 from lmforge.api.protocol import (
     ChatCompletionMessage,
     ChatCompletionRequest,
@@ -25,6 +26,9 @@ from lmforge.api.protocol import (
     ToolCall,
     call_id,
 )
+from lmforge.api.settings import ApiSettings
+from lmforge.chat.base import Media
+from lmforge.data.mm_plugin import placeholders
 from lmforge.data.openai_messages import BadToolCall, merge_tool_results, tool_calls_content
 
 _PROMPT_ROLES = ("user", "observation")
@@ -33,15 +37,19 @@ _ANSWER_ROLES = ("assistant", "function")
 
 @dataclass(frozen=True)
 class Conversation:
-    """What the engine renders: template messages, the system prompt and the tools as a JSON string."""
+    """What the engine renders: template messages, the system prompt, the tools as a JSON string, and the
+    images and videos of the user messages' `image_url`/`video_url` parts (each became a placeholder
+    where its part was)."""
 
     messages: list[dict[str, str]]
     system: str | None
     tools: str | None
+    media: Media | None = None
 
 
-def to_conversation(request: ChatCompletionRequest) -> Conversation:
+def to_conversation(request: ChatCompletionRequest, settings: ApiSettings | None = None) -> Conversation:
     """Map the request's messages and tools to the engine's conversation, or raise a 400 naming the message."""
+    collector = MediaCollector(settings or ApiSettings())
     items = list(enumerate(request.messages))
     if not items:
         raise ApiError(400, "'messages' must contain at least one message; the last one from the user.",
@@ -63,7 +71,7 @@ def to_conversation(request: ChatCompletionRequest) -> Conversation:
         elif message.role == "assistant" and message.tool_calls:
             raw.append(("function", _calls_json(message.tool_calls, i), i))
         else:
-            raw.append((message.role, _text(message, i), i))
+            raw.append((message.role, _text(message, i, collector if message.role == "user" else None), i))
     merged = merge_tool_results(raw)
     turns = [{"role": role, "content": content} for role, content, _ in merged]
     origins = [i for _, _, i in merged]
@@ -87,10 +95,11 @@ def to_conversation(request: ChatCompletionRequest) -> Conversation:
     if request.tools:
         tools = json.dumps([tool.function.model_dump(exclude_none=True) for tool in request.tools],
                            ensure_ascii=False)
-    return Conversation(turns, system, tools)
+    media = Media(tuple(collector.images), tuple(collector.videos))
+    return Conversation(turns, system, tools, media or None)
 
 
-def _text(message: ChatMessage, index: int) -> str:
+def _text(message: ChatMessage, index: int, collector: MediaCollector | None = None) -> str:
     content = message.content
     if content is None:
         if message.role == "tool" or message.role == "system":
@@ -101,10 +110,15 @@ def _text(message: ChatMessage, index: int) -> str:
         return content
     texts = []
     for j, part in enumerate(content):
+        param = f"messages[{index}].content[{j}]"
+        if collector is not None and part.get("type") in PART_KINDS:
+            texts.append(placeholders()[collector.add(part, param)])
+            continue
         if part.get("type") != "text" or not isinstance(part.get("text"), str):
             kind = part.get("type")
-            raise ApiError(400, f"messages[{index}].content[{j}]: only text parts ({{\"type\": \"text\", \"text\": "
-                                f"...}}) are supported, got type {kind!r}.", param=f"messages[{index}].content[{j}]")
+            allowed = "text, image_url and video_url parts are" if collector is not None else "only text parts are"
+            raise ApiError(400, f"{param}: {allowed} supported in {_article(message.role)} message, got type {kind!r}.",
+                           param=param)
         texts.append(part["text"])
     return "".join(texts)
 
@@ -131,3 +145,7 @@ def build_message(text: str, finish_reason: str, template: Any, tools: bool) -> 
                           for c in calls]
             return ChatCompletionMessage(content=None, tool_calls=tool_calls), "tool_calls"
     return ChatCompletionMessage(content=text), finish_reason
+
+
+def _article(word: str) -> str:
+    return ("an " if word == "assistant" else "a ") + word  # the roles: user, assistant, tool

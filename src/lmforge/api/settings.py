@@ -41,6 +41,10 @@ class ApiSettings:
     cors_origins: tuple[str, ...] | None = None  # None: "*" with an API key, none without
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones ("*": any)
     allow_unauthenticated: bool = False  # serve a non-loopback address without an API key
+    media_dir: str | None = None  # the folder image/video paths in requests may point into; None: no files
+    max_images: int = 8  # image and video parts per request
+    max_image_bytes: int = 8 * 1024 * 1024  # per image or video file
+    max_image_pixels: int = 4096 * 4096  # per image, read from its header before decoding
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
@@ -65,6 +69,10 @@ class ApiSettings:
             cors_origins=_list(env, "API_CORS_ORIGINS"),
             allowed_hosts=_list(env, "API_ALLOWED_HOSTS") or (),
             allow_unauthenticated=_bool(env, "API_ALLOW_UNAUTHENTICATED"),
+            media_dir=_folder(env, "API_MEDIA_DIR"),
+            max_images=env_int(env, "API_MAX_IMAGES", 8, 0, 1024),
+            max_image_bytes=env_int(env, "API_MAX_IMAGE_BYTES", 8 * 1024 * 1024, 1, 1 << 31),
+            max_image_pixels=env_int(env, "API_MAX_IMAGE_PIXELS", 4096 * 4096, 1, 1 << 31),
         )
 
     @property
@@ -110,3 +118,12 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
     if raw is None or not raw.strip():
         return None
     return tuple(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
+
+
+def _folder(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not os.path.isdir(raw):
+        raise UserError(f"{name}={raw} is not a folder; set it to the folder whose files requests may name.")
+    return os.path.realpath(raw)

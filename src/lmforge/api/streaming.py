@@ -28,7 +28,7 @@ from lmforge.api.protocol import Usage, completion_id
 
 if TYPE_CHECKING:
     from lmforge.api.batching import Batcher
-    from lmforge.chat.base import ChatEngine, Response
+    from lmforge.chat.base import ChatEngine, Media, Response
 
 
 class _ClosingStream(StreamingResponse):
@@ -48,7 +48,7 @@ class _ClosingStream(StreamingResponse):
 def stream_response(batcher: Batcher, engine: ChatEngine, prompt_ids: list[int], *, n: int,
                     overrides: dict[str, Any], seed: int | None, deterministic: bool,
                     conversation: tuple, use_tools: bool, model: str, include_usage: bool, request_id: str,
-                    release: Callable[[], None]) -> StreamingResponse:
+                    release: Callable[[], None], media: Media | None = None) -> StreamingResponse:
     """Queue the job and return its SSE response (BatcherClosed, before anything is sent, is a 503)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
@@ -60,7 +60,7 @@ def stream_response(batcher: Batcher, engine: ChatEngine, prompt_ids: list[int],
             pass
 
     job = batcher.submit(prompt_ids, n, overrides, seed, deterministic=deterministic, request_id=request_id,
-                         sink=sink, conversation=conversation)
+                         sink=sink, conversation=conversation, media=media)
     cid, created = completion_id(), int(time.time())
 
     def chunk(choices: list[dict[str, Any]], usage: Usage | None = None) -> str:

@@ -20,6 +20,22 @@ if TYPE_CHECKING:
     from lmforge.model.resolve import ResolvedModel
 
 
+@dataclass(frozen=True)
+class Media:
+    """The images and videos of one conversation, in placeholder order.
+
+    Each item is a file path, a PIL image, or `{"bytes": ...}` (an uploaded file). Conversations
+    without a single `<image>`/`<video>` placeholder get them in front of their first user message,
+    as LLaMA-Factory's chat does, so a client can send an image without knowing the placeholder.
+    """
+
+    images: tuple = ()
+    videos: tuple = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.images or self.videos)
+
+
 @dataclass
 class Response:
     """One generated answer."""
@@ -64,6 +80,8 @@ class ChatEngine(ABC):
     # True when `generate_batch` accepts `watch=GenerationWatch` (token-level streaming and cancellation
     # of each row of a batch); otherwise callers stream with `stream_chat`, one conversation at a time.
     watches_generation: ClassVar[bool] = False
+    # True when the backend passes images and videos to a vision-language model (`Media`).
+    takes_media: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig):
         from lmforge.model.tokenizer import load_tokenizer_and_template
@@ -74,7 +92,12 @@ class ChatEngine(ABC):
         self.tokenizer, self.template = load_tokenizer_and_template(cfg.model, cfg.data, self.resolved,
                                                                     padding_side="left")
         self.stop_ids = self.template.stop_token_ids(self.tokenizer)
+        self.mm_processor = self._load_mm_processor()  # None: the model takes text only
         self._load_model()
+
+    def _load_mm_processor(self):
+        """The model's image/video processor; backends that take images load it."""
+        return None
 
     def _resolve(self, cfg: RunConfig) -> ResolvedModel:
         """Where the model, its adapters, tokenizer and template are; backends check their needs here first."""
@@ -86,26 +109,42 @@ class ChatEngine(ABC):
     def _load_model(self) -> None:
         """Load the backend's model for `self.resolved` (the tokenizer and template are ready)."""
 
-    def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None) -> list[int]:
-        """Token ids of the generation prompt for a conversation ending with a user/observation turn."""
+    def prompt_ids(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
+                   media: Media | None = None) -> list[int]:
+        """Token ids of the generation prompt for a conversation ending with a user/observation turn.
+
+        With `media`, each placeholder becomes the vision tokens of its image or video; a media file
+        that cannot be read, or a model or template that takes no media, is a `UserError`.
+        """
         if not messages or messages[-1]["role"] not in ("user", "observation"):
             raise UserError("The conversation must end with a user (or tool result) message.")
         if system is None:
             system = self.generating.system
-        return self.template.encode_prompt(self.tokenizer, list(messages), system, tools)
+        if not media:
+            return self.template.encode_prompt(self.tokenizer, list(messages), system, tools)
+        from lmforge.chat.media import media_tokens, with_placeholders
+
+        messages = with_placeholders(messages, media)
+        tokens = media_tokens(self, messages, media)
+        return self.template.encode_prompt(self.tokenizer, messages, system, tools, media=tokens)
 
     def chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
-             **overrides) -> Response:
+             media: Media | None = None, **overrides) -> Response:
         """Generate one complete answer."""
-        return self.generate_batch([self.prompt_ids(messages, system, tools)], **overrides)[0]
+        ids = self.prompt_ids(messages, system, tools, media)
+        return self.generate_batch([ids], media=[media] if media else None, **overrides)[0]
 
     @abstractmethod
-    def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Response]:
-        """Answers for several prompts (token ids), generated together where the backend can."""
+    def generate_batch(self, prompts: list[list[int]], *, media: Sequence[Media | None] | None = None,
+                       **overrides) -> list[Response]:
+        """Answers for several prompts (token ids), generated together where the backend can.
+
+        `media[i]` is the `Media` that `prompt_ids` expanded into `prompts[i]` (None for a text prompt).
+        """
 
     @abstractmethod
     def stream_chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
-                    **overrides) -> Iterator[str]:
+                    media: Media | None = None, **overrides) -> Iterator[str]:
         """Yield the answer piece by piece (stop strings are never yielded)."""
 
 

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmforge.chat.base import ChatEngine, GenerationWatch, Response, cut_at_stop
+from lmforge.chat.base import ChatEngine, GenerationWatch, Media, Response, cut_at_stop
 from lmforge.errors import UserError
 from lmforge.utils.logging import quiet_known_warnings
 
@@ -24,6 +24,7 @@ class HFEngine(ChatEngine):
     """transformers `generate` behind a chat interface."""
 
     watches_generation = True
+    takes_media = True
 
     def __init__(self, cfg: RunConfig):
         if cfg.model.infer_backend != "huggingface":
@@ -31,6 +32,24 @@ class HFEngine(ChatEngine):
                             "`api`; use infer_backend: huggingface here.")
         quiet_known_warnings()
         super().__init__(cfg)
+
+    def _load_mm_processor(self):
+        from lmforge.model.tokenizer import load_mm_processor, with_model_path
+
+        return load_mm_processor(with_model_path(self.cfg.model, self.resolved.base))
+
+    def _media_inputs(self, media, input_ids) -> dict[str, Any]:
+        """Pixel inputs on the model's device, in its dtype (empty without media)."""
+        import torch
+
+        from lmforge.chat.media import model_inputs
+
+        if not media or not any(media):
+            return {}
+        inputs = model_inputs(self, media, input_ids)
+        dtype = self.model.dtype
+        return {key: value.to(self.model.device, dtype=dtype if value.is_floating_point() else None)
+                if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
 
     def _load_model(self) -> None:
         import torch
@@ -62,7 +81,7 @@ class HFEngine(ChatEngine):
 
     # -- generation -------------------------------------------------------------------------------
     def generate_batch(self, prompts: list[list[int]], *, watch: GenerationWatch | None = None,
-                       **overrides) -> list[Response]:
+                       media: Sequence[Media | None] | None = None, **overrides) -> list[Response]:
         """Generate answers for several prompts together (left padding); `watch` follows each row (see base)."""
         import torch
         from transformers import StoppingCriteriaList
@@ -81,8 +100,9 @@ class HFEngine(ChatEngine):
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device)
+        pixels = self._media_inputs(media, input_ids)
         with torch.inference_mode():
-            output = self.model.generate(input_ids=input_ids, attention_mask=attention, **gen)
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention, **pixels, **gen)
 
         def decoded(row: int) -> Response:
             return self._response(output[row][width:].tolist(), len(prompts[row]), gen["max_new_tokens"], stop)
@@ -107,16 +127,17 @@ class HFEngine(ChatEngine):
         return Response(text if hit is None else text[:hit], len(tokens), prompt_length, finish)
 
     def stream_chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
-                    **overrides) -> Iterator[str]:
+                    media: Media | None = None, **overrides) -> Iterator[str]:
         """Yield the answer piece by piece as it is generated (stop strings are never yielded)."""
         import torch
         from transformers import TextIteratorStreamer
 
-        ids = self.prompt_ids(messages, system, tools)
+        ids = self.prompt_ids(messages, system, tools, media)
         gen = self._generate_kwargs(overrides)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
                                         skip_special_tokens=self.generating.skip_special_tokens)
         inputs = torch.tensor([ids], device=self.model.device)
+        gen.update(self._media_inputs([media] if media else None, inputs))
         errors: list[BaseException] = []
 
         def work():

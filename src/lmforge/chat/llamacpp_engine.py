@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.chat.base import ChatEngine, Response, cut_at_stop
+from lmforge.chat.media import refuse_media
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
@@ -98,8 +99,9 @@ class LlamaCppEngine(ChatEngine):
                 return
 
     # -- generation -------------------------------------------------------------------------------
-    def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Response]:
+    def generate_batch(self, prompts: list[list[int]], *, media=None, **overrides) -> list[Response]:
         """Generate answers for several prompts (one after the other: llama.cpp runs one sequence here)."""
+        refuse_media(self, media)
         settings = self._settings(overrides)
         return [self._response(list(self._tokens(list(p), settings)), len(p), settings) for p in prompts]
 
@@ -113,9 +115,9 @@ class LlamaCppEngine(ChatEngine):
         return Response(text if hit is None else text[:hit], len(tokens), prompt_length, finish)
 
     def stream_chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
-                    **overrides) -> Iterator[str]:
+                    media=None, **overrides) -> Iterator[str]:
         """Yield the answer piece by piece as it is generated (stop strings are never yielded)."""
-        ids = self.prompt_ids(messages, system, tools)
+        ids = self.prompt_ids(messages, system, tools, media)
         settings = self._settings(overrides)
         stop = settings["stop"]
         hold = max((len(s) for s in stop), default=0)

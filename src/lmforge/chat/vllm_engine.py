@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lmforge.chat.base import ChatEngine, Response
+from lmforge.chat.media import refuse_media
 from lmforge.errors import UserError
 from lmforge.utils.logging import get_logger
 
@@ -110,8 +111,9 @@ class VllmEngine(ChatEngine):
         self.llm = vllm.LLM(**engine_settings(self.cfg, resolved.base, resolved.adapters))
         logger.info(f"vLLM serves {resolved.base}" + (f" with the adapter {resolved.adapters[0]}" if self.lora else ""))
 
-    def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Response]:
+    def generate_batch(self, prompts: list[list[int]], *, media=None, **overrides) -> list[Response]:
         """Generate answers for several prompts in one vLLM call (vLLM schedules them together)."""
+        refuse_media(self, media)
         overrides = {k: v for k, v in overrides.items() if k != "stopping_criteria"}
         params = self._sampling_params(**sampling_settings(self.generating, overrides, self.stop_ids))
         outputs = self.llm.generate([self._tokens_prompt(prompt_token_ids=list(p)) for p in prompts], params,
@@ -124,8 +126,8 @@ class VllmEngine(ChatEngine):
         return responses
 
     def stream_chat(self, messages: Sequence[dict], system: str | None = None, tools: str | None = None,
-                    **overrides) -> Iterator[str]:
+                    media=None, **overrides) -> Iterator[str]:
         """The whole answer as one piece (vLLM's offline engine does not stream)."""
-        text = self.chat(messages, system, tools, **overrides).text
+        text = self.chat(messages, system, tools, media, **overrides).text
         if text:
             yield text

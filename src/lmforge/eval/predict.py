@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmforge.chat.base import Media
 from lmforge.errors import UserError
 from lmforge.eval.similarity import SimilarityScorer, require_metric_packages
 from lmforge.utils.logging import get_logger
@@ -52,7 +53,8 @@ def run_predict(cfg: RunConfig) -> dict:
 
     set_seed(cfg.train.seed)
     engine = HFEngine(cfg)
-    module = get_dataset(cfg, engine.tokenizer, engine.template, stage="sft", generate_eval=True)
+    module = get_dataset(cfg, engine.tokenizer, engine.template, stage="sft", generate_eval=True,
+                         mm_processor=engine.mm_processor)
     dataset = _one_dataset(module.eval_dataset)
     dropped = _log_not_predicted(cfg, module.report)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ def _generate_all(cfg: RunConfig, engine, dataset, target: Path) -> dict:
         for start in range(0, total, batch_size):
             batch = dataset[start : start + batch_size]
             prompts = [list(ids) for ids in batch["input_ids"]]
-            responses = engine.generate_batch(prompts, **overrides)
+            responses = engine.generate_batch(prompts, media=_media(batch, len(prompts)), **overrides)
             lines = []
             for ids, labels, response in zip(prompts, batch["labels"], responses):
                 generated += response.response_length
@@ -141,6 +143,15 @@ def _generate_all(cfg: RunConfig, engine, dataset, target: Path) -> dict:
         predict_samples=total,
     )
     return metrics
+
+
+def _media(batch: dict, rows: int) -> list[Media | None] | None:
+    """Each row's images and videos (the paths the data pipeline kept), for a multimodal model."""
+    if "images" not in batch and "videos" not in batch:
+        return None
+    images = batch.get("images") or [[]] * rows
+    videos = batch.get("videos") or [[]] * rows
+    return [Media(tuple(i or ()), tuple(v or ())) or None for i, v in zip(images, videos)]
 
 
 def _print_metrics(metrics: dict) -> None:

@@ -48,8 +48,8 @@ def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool 
     """Return the processor of `stage`: pt, sft (with `do_generate`: generation prompts), rm and dpo (pairs), kto,
     ppo (prompts only), grpo (prompts with their reference answers).
 
-    `mm_processor` (a multimodal model's processor) lets sft training keep image and video rows; the other
-    processors refuse media rows.
+    `mm_processor` (a multimodal model's processor) lets sft training and prediction keep image and video
+    rows; the other processors refuse media rows.
 
     `packing` (default: on for pt, off for sft) and `neat_packing` choose the packed variants.
     """
@@ -65,7 +65,7 @@ def get_processor(stage: str, data_args, template, tokenizer, do_generate: bool 
         if do_generate:
             from lmforge.data.processors.unsupervised import UnsupervisedProcessor
 
-            return UnsupervisedProcessor(data_args, template, tokenizer)
+            return UnsupervisedProcessor(data_args, template, tokenizer, mm_processor=mm_processor)
         if data_args.packing or data_args.neat_packing:
             from lmforge.data.processors.packed import PackedSupervisedProcessor
 

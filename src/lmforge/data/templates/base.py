@@ -133,9 +133,13 @@ class BaseTemplate(ABC):
 
     @abstractmethod
     def encode_prompt(
-        self, tokenizer, messages: Sequence[Message], system: str | None = None, tools: str | None = None
+        self, tokenizer, messages: Sequence[Message], system: str | None = None, tools: str | None = None,
+        *, media=None,
     ) -> list[int]:
-        """The generation prompt ids for a conversation that ends with a user or observation message."""
+        """The generation prompt ids for a conversation that ends with a user or observation message.
+
+        `media` (`MediaTokens`, multimodal templates only) expands the image/video placeholders.
+        """
 
     @abstractmethod
     def render_oneturn(

@@ -58,10 +58,11 @@ class Template(BaseTemplate):
     # ---- encoding -------------------------------------------------------------------------------
 
     def encode_oneturn(
-        self, tokenizer, messages: Sequence[Message], system: str | None = None, tools: str | None = None
+        self, tokenizer, messages: Sequence[Message], system: str | None = None, tools: str | None = None,
+        *, media: MediaTokens | None = None,
     ) -> tuple[list[int], list[int]]:
         """(prompt ids, answer ids): every message but the last is the prompt, the last is the answer."""
-        prompt, answer = self._oneturn(messages, system, tools)
+        prompt, answer = self._oneturn(messages, system, tools, media)
         controls = control_tokens(tokenizer)
         return encode_elements(tokenizer, prompt, controls), encode_elements(tokenizer, answer, controls)
 
@@ -89,10 +90,14 @@ class Template(BaseTemplate):
         ]
 
     def encode_prompt(
-        self, tokenizer, messages: Sequence[Message], system: str | None = None, tools: str | None = None
+        self, tokenizer, messages: Sequence[Message], system: str | None = None, tools: str | None = None,
+        *, media: MediaTokens | None = None,
     ) -> list[int]:
-        """The generation prompt ids for a conversation that ends with a user or observation message."""
-        prompt, _ = self._oneturn([*messages, {"role": "assistant", "content": ""}], system, tools)
+        """The generation prompt ids for a conversation that ends with a user or observation message.
+
+        `media` replaces the <image>/<video> placeholders by their vision tokens, as in `encode_multiturn`.
+        """
+        prompt, _ = self._oneturn([*messages, {"role": "assistant", "content": ""}], system, tools, media)
         return encode_elements(tokenizer, prompt)
 
     def render_oneturn(
@@ -119,10 +124,11 @@ class Template(BaseTemplate):
         ]
 
     def render_prompt(
-        self, tokenizer, messages: Sequence[Message], system: str | None = None, tools: str | None = None
+        self, tokenizer, messages: Sequence[Message], system: str | None = None, tools: str | None = None,
+        *, media: MediaTokens | None = None,
     ) -> str:
         """`encode_prompt` as text."""
-        prompt, _ = self._oneturn([*messages, {"role": "assistant", "content": ""}], system, tools)
+        prompt, _ = self._oneturn([*messages, {"role": "assistant", "content": ""}], system, tools, media)
         return render_elements(tokenizer, prompt)
 
     # ---- tokenizer ------------------------------------------------------------------------------
@@ -169,14 +175,15 @@ class Template(BaseTemplate):
 
     # ---- building elements ----------------------------------------------------------------------
 
-    def _oneturn(self, messages: Sequence[Message], system: str | None, tools: str | None) -> Pair:
+    def _oneturn(self, messages: Sequence[Message], system: str | None, tools: str | None,
+                 media: MediaTokens | None = None) -> Pair:
         messages, system = split_system(messages, system)
         if self.reasoning:
             if not self.preserve_thinking:
                 reasoning.strip_thoughts(messages, range(1, len(messages) - 2, 2), self.thought_words)
             if self.enable_thinking is False:
                 reasoning.strip_thoughts(messages, [len(messages) - 1], self.thought_words)
-        formatted = self._format(messages, system, tools)
+        formatted = self._format(messages, system, tools, media)
         prompt = [element for elements in formatted[:-1] for element in elements]
         answer = list(formatted[-1])
         if self.reasoning and not reasoning.has_thought(messages[-1]["content"], self.thought_words):

@@ -73,9 +73,13 @@ class TokenizerTemplate(BaseTemplate):
         ]
 
     def encode_prompt(
-        self, tokenizer, messages: Sequence[Message], system: str | None = None, tools: str | None = None
+        self, tokenizer, messages: Sequence[Message], system: str | None = None, tools: str | None = None,
+        *, media=None,
     ) -> list[int]:
         """The generation prompt ids for a conversation that ends with a user or observation message."""
+        if media is not None:
+            raise UserError(f"Template '{self.name}' renders with the tokenizer's chat_template and takes no images "
+                            "or videos; use a multimodal template such as qwen2_vl.")
         return self._encode(tokenizer, self.render_prompt(tokenizer, messages, system, tools), [])
 
     def render_oneturn(
