@@ -33,6 +33,14 @@ def tiny_qwen_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), arch="qwen2")
 
 
+@pytest.fixture(scope="session")
+def tiny_vl_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2-VL with its image and video processors (`lmforge tiny-model --arch qwen2_vl`)."""
+    from lmforge.testing.tiny_vl import build_tiny_vl_model
+
+    return build_tiny_vl_model(tmp_path_factory.mktemp("tiny-vl"))
+
+
 @pytest.fixture()
 def llama_tokenizer(tiny_llama_dir):
     """A fresh tokenizer per test, so that a test that mutates it cannot leak into another."""

@@ -66,7 +66,7 @@ def test_stream_answer_without_a_new_message_generates_nothing():
 
     engine = FakeEngine()
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
-    assert add_user_turn("   ", history)[2:] == (history, history)
+    assert add_user_turn("   ", history)[2:4] == (history, history)
     assert list(stream_answer(engine, history, "", 8, 1.0, 1.0, False)) == [history]
     assert engine.calls == []
     added = add_user_turn(" Who are you? \n", history)[2]
@@ -110,3 +110,25 @@ def test_webchat_help_does_not_import_gradio():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Usage: lmforge webchat CONFIG.yaml" in done.stdout
+
+
+def test_an_uploaded_image_goes_with_its_message_and_shows_as_a_file():
+    from lmforge.chat.base import Media
+    from lmforge.webui.chat_page import add_user_turn, display, stream_answer
+
+    _, _, shown, history, image, video = add_user_turn("What colour?", [], "/uploads/red.png", None)
+    assert history == [{"role": "user", "content": "<image>What colour?", "images": ["/uploads/red.png"]}]
+    assert shown == [{"role": "user", "content": {"path": "/uploads/red.png"}},
+                     {"role": "user", "content": "What colour?"}]
+    assert (image, video) == (None, None)  # the uploads are cleared for the next message
+    history = [*history, {"role": "assistant", "content": "Red."}]
+    # A placeholder typed by the user is where the image goes; no second one is added.
+    history = add_user_turn("And <image> this one?", history, "/uploads/blue.png", None)[3]
+    assert history[-1]["content"] == "And <image> this one?"
+    engine = FakeEngine()
+    list(stream_answer(engine, history, "", 8, 1.0, 1.0, False))
+    messages, _, overrides = engine.calls[0]
+    assert messages == [{"role": "user", "content": "<image>What colour?"}, {"role": "assistant", "content": "Red."},
+                        {"role": "user", "content": "And <image> this one?"}]
+    assert overrides["media"] == Media(images=("/uploads/red.png", "/uploads/blue.png"))
+    assert display(history)[3] == {"role": "user", "content": {"path": "/uploads/blue.png"}}

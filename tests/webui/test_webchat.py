@@ -25,7 +25,7 @@ ANSWER_TIMEOUT_MS = 60_000
 
 
 @contextlib.contextmanager
-def running_webchat(run_dir: Path, tmp: Path) -> Iterator[dict]:
+def running_webchat(run_dir: Path, tmp: Path, *extra: str) -> Iterator[dict]:
     """Start `python -m lmforge webchat` on a free port; yield its url, port and log once the page answers."""
     port = free_port()
     env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1",
@@ -35,7 +35,7 @@ def running_webchat(run_dir: Path, tmp: Path) -> Iterator[dict]:
     for name in ("GRADIO_SERVER_NAME", "GRADIO_SHARE", "GRADIO_AUTH", "GRADIO_AUTH_FILE", "GRADIO_ALLOW_UNAUTHENTICATED"):
         env.pop(name, None)
     log_path = tmp / "webchat.log"
-    command = [sys.executable, "-m", "lmforge", "webchat", f"model_name_or_path={run_dir}", "do_sample=false"]
+    command = [sys.executable, "-m", "lmforge", "webchat", f"model_name_or_path={run_dir}", "do_sample=false", *extra]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

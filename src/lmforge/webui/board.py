@@ -299,11 +299,14 @@ class Board:
         self._add("chat_status", gr.Markdown(elem_id="chat_status"))
         chat = render_chat(self.slot, with_tools=True)
         self.c["tools"] = chat["tools"]
+        self.c["media_row"] = chat["media_row"]
         model_inputs = {c[k] for k in ("model_path", "adapter_path", "template", "finetuning_type",
                                        "quantization_bit", "rope_scaling", "booster", "infer_backend", "lang")}
-        c["load_model"].click(self.load_model, model_inputs, c["chat_status"], api_visibility="private")
+        c["load_model"].click(self.load_model, model_inputs, c["chat_status"], api_visibility="private").then(
+            self.media_visible, None, c["media_row"], queue=False, api_visibility="private")
         c["unload_model"].click(self.unload_model, c["lang"], c["chat_status"], queue=False,
-                                api_visibility="private")
+                                api_visibility="private").then(self.media_visible, None, c["media_row"], queue=False,
+                                                               api_visibility="private")
 
     def _export_tab(self) -> None:
         c, kw = self.c, self._kw
@@ -546,6 +549,11 @@ class Board:
         model = settings["model_name_or_path"] + (f" + {settings['adapter_name_or_path']}"
                                                    if "adapter_name_or_path" in settings else "")
         return locales.message(lang, "model_loaded", model=model)
+
+    def media_visible(self):
+        """The Image and Video uploads show while a vision-language model is loaded."""
+        engine = self.slot.engine
+        return gr.update(visible=engine is not None and getattr(engine, "mm_processor", None) is not None)
 
     def unload_model(self, lang: str) -> str:
         self.slot.unload()

@@ -4,6 +4,10 @@
 it; `build_chat_page` wraps it in a page of its own. The conversation lives in a `gr.State` of plain
 {"role", "content"} dicts (what the engine takes), and the chatbot only displays it: the chatbot's own
 value comes back from the browser in Gradio's richer message format, which the engine does not read.
+
+With a vision-language model an Image and a Video upload sit under the message box. What is uploaded
+goes with the next message: its placeholder is put in front of the text and the file is kept in
+that message's "images"/"videos" list, so the whole conversation's files reach the engine in order.
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ def build_chat_page(engine, heading: str | None = None) -> gr.Blocks:
     return page
 
 
-def render_chat(engine, with_tools: bool = False) -> dict[str, Any]:
+def render_chat(engine, with_tools: bool = False, with_media: bool | None = None) -> dict[str, Any]:
     """Add the chat components to the open Blocks context; return them by name (for tests and embedding).
 
-    `with_tools`: a Tools (JSON) box whose function definitions go with every message (checked first)."""
+    `with_tools`: a Tools (JSON) box whose function definitions go with every message (checked first).
+    `with_media`: the Image and Video uploads (default: when the engine's model takes images)."""
+    if with_media is None:
+        with_media = getattr(engine, "mm_processor", None) is not None
     defaults = engine.generating
     history = gr.State([])
     chatbot = gr.Chatbot(label="Chat", elem_id="chatbot", height=480, buttons=["copy"], feedback_options=None)
@@ -50,6 +57,10 @@ def render_chat(engine, with_tools: bool = False) -> dict[str, Any]:
         with gr.Column(scale=1, min_width=180):
             send = gr.Button("Send", variant="primary", elem_id="send")
             clear = gr.Button("Clear history", variant="secondary", elem_id="clear")
+    with gr.Row(visible=with_media) as media_row:
+        image = gr.Image(label="Image (goes with the next message)", type="filepath", sources=["upload"],
+                         elem_id="image", height=160)
+        video = gr.Video(label="Video (goes with the next message)", sources=["upload"], elem_id="video", height=160)
     with gr.Accordion("Generation settings", open=True):
         with gr.Row():
             with gr.Column(scale=3):
@@ -72,17 +83,17 @@ def render_chat(engine, with_tools: bool = False) -> dict[str, Any]:
 
     def answer(*settings) -> Iterator[tuple[list[dict], list[dict]]]:
         for conversation in stream_answer(engine, *settings):
-            yield conversation, conversation  # to the chatbot and to the history
+            yield display(conversation), conversation  # to the chatbot and to the history
 
     def unlock():
         return gr.update(interactive=True), gr.update(interactive=True)
 
     def reset():
-        return [], [], gr.update(value="", interactive=True), gr.update(interactive=True)
+        return [], [], gr.update(value="", interactive=True), gr.update(interactive=True), None, None
 
     inputs = [history, system, max_new_tokens, top_p, temperature, do_sample, tools]
-    turn = gr.on([query.submit, send.click], add_user_turn, [query, history], [query, send, chatbot, history],
-                 queue=False, api_visibility="private")
+    turn = gr.on([query.submit, send.click], add_user_turn, [query, history, image, video],
+                 [query, send, chatbot, history, image, video], queue=False, api_visibility="private")
     reply = turn.then(answer, inputs, [chatbot, history], concurrency_limit=1, api_name="chat",
                       show_progress="minimal")
     reply.then(unlock, None, [query, send], queue=False, api_visibility="private")
@@ -91,23 +102,60 @@ def render_chat(engine, with_tools: bool = False) -> dict[str, Any]:
     reply.failure(unlock, None, [query, send], queue=False, api_visibility="private")
     # Clearing (our button or the chatbot's own trash icon) also stops an answer that is still streaming:
     # its tokens would otherwise refill the chat.
-    gr.on([clear.click, chatbot.clear], reset, None, [chatbot, history, query, send], cancels=[reply], queue=False,
-          api_visibility="private")
+    gr.on([clear.click, chatbot.clear], reset, None, [chatbot, history, query, send, image, video], cancels=[reply],
+          queue=False, api_visibility="private")
     do_sample.change(lambda on: (gr.update(interactive=on), gr.update(interactive=on)), do_sample,
                      [top_p, temperature], queue=False, api_visibility="private")
     return dict(chatbot=chatbot, history=history, query=query, send=send, system=system, tools=tools,
                 max_new_tokens=max_new_tokens, top_p=top_p, temperature=temperature, do_sample=do_sample,
-                clear=clear)
+                clear=clear, image=image, video=video, media_row=media_row)
 
 
-def add_user_turn(text: str, messages: list[dict]):
-    """Append the typed message to the history; lock the input until the answer is complete."""
+def add_user_turn(text: str, messages: list[dict], image: str | None = None, video: str | None = None):
+    """Append the typed message (with the uploaded image/video) to the history; lock the input until the
+    answer is complete."""
+    from lmforge.data.mm_plugin import placeholders
+
     text = text.strip()
     if not text:
-        return gr.update(), gr.update(), messages, messages
-    messages = [*messages, {"role": "user", "content": text}]
+        return gr.update(), gr.update(), display(messages), messages, gr.update(), gr.update()
+    message: dict[str, Any] = {"role": "user", "content": text}
+    marks = placeholders()
+    for kind, path in (("images", image), ("videos", video)):
+        if path:
+            message[kind] = [path]
+            if marks[kind] not in text:
+                message["content"] = marks[kind] + message["content"]
+    messages = [*messages, message]
     # Locked, so that a second message cannot interleave with the answer being streamed.
-    return gr.update(value="", interactive=False), gr.update(interactive=False), messages, messages
+    return (gr.update(value="", interactive=False), gr.update(interactive=False), display(messages), messages,
+            None, None)
+
+
+def display(messages: list[dict]) -> list[dict]:
+    """The chatbot's view of the history: each uploaded file shown as itself, then the text without placeholders."""
+    from lmforge.data.mm_plugin import placeholders
+
+    shown: list[dict] = []
+    for message in messages:
+        files = [*message.get("images", ()), *message.get("videos", ())]
+        text = message["content"]
+        if files:
+            for mark in placeholders().values():
+                text = text.replace(mark, "")
+        shown += [{"role": message["role"], "content": {"path": path}} for path in files]
+        shown.append({"role": message["role"], "content": text})
+    return shown
+
+
+def engine_input(messages: list[dict]):
+    """The messages as the engine takes them ({role, content}) and the conversation's `Media` (None without)."""
+    from lmforge.chat.base import Media
+
+    images = tuple(path for message in messages for path in message.get("images", ()))
+    videos = tuple(path for message in messages for path in message.get("videos", ()))
+    plain = [{"role": message["role"], "content": message["content"]} for message in messages]
+    return plain, Media(images, videos) or None
 
 
 def stream_answer(engine, messages: list[dict], system_prompt: str, max_new_tokens: float, top_p: float,
@@ -125,7 +173,9 @@ def stream_answer(engine, messages: list[dict], system_prompt: str, max_new_toke
     yield [*messages, {"role": "assistant", "content": text}]
     try:
         tools_json = check_tools(tools)
-        pieces = engine.stream_chat(messages, system=system_prompt.strip() or None, tools=tools_json,
+        plain, media = engine_input(messages)
+        extra = {"media": media} if media else {}
+        pieces = engine.stream_chat(plain, system=system_prompt.strip() or None, tools=tools_json, **extra,
                                     max_new_tokens=int(max_new_tokens), top_p=top_p, temperature=temperature,
                                     do_sample=bool(do_sample))
         for piece in pieces:
