@@ -50,9 +50,11 @@ def count_parameters(model) -> tuple[int, int]:
 
 def _num_layers(model) -> int:
     config = model.config
-    for key in ("num_hidden_layers", "num_layers", "n_layer"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
+    # A vision-language model counts the layers of its language model (`text_config`), as LLaMA-Factory does.
+    for source in (getattr(config, "text_config", None), config):
+        for key in ("num_hidden_layers", "num_layers", "n_layer"):
+            if source is not None and getattr(source, key, None):
+                return int(getattr(source, key))
     raise UserError("Cannot find the number of layers in the model config; use finetuning_type lora or full.")
 
 

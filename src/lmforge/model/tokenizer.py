@@ -64,7 +64,22 @@ def load_mm_processor(model_args: ModelArguments):
         return None
     from lmforge.model.vl_processor import load_processor
 
-    return load_processor(model_args.model_name_or_path)
+    return load_processor(processor_folder(model_args))
+
+
+def processor_folder(model_args: ModelArguments) -> str:
+    """The local folder of the model's processor files: the model folder, or the hub snapshot of its small files."""
+    path = model_args.model_name_or_path
+    if os.path.isdir(path):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        # Only the configs and tokenizer: the processor reads nothing else, and the weights come with the model.
+        return snapshot_download(path, revision=model_args.model_revision, cache_dir=model_args.cache_dir,
+                                 token=model_args.hf_hub_token, allow_patterns=["*.json", "*.jinja", "*.txt"])
+    except Exception as err:  # noqa: BLE001 - hub errors come in many classes; each is one line for the user
+        raise UserError(f"Cannot fetch the processor files of '{path}': {str(err).splitlines()[0]}") from None
 
 
 def _gguf_tokenizer(gguf: Path):

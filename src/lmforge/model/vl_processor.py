@@ -157,6 +157,23 @@ def load_processor(path: str | os.PathLike):
     return PROCESSORS[model_type].from_pretrained(folder)
 
 
+# What a vision-language model folder needs besides the weights and the tokenizer: the processor configs.
+# A model saved after training or export gets them, so that it loads (and chats about images) on its own.
+PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json")
+
+
+def copy_processor_files(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
+    """Copy the processor configs of model folder `source` into `target`; return the names copied."""
+    import shutil
+
+    copied = []
+    for name in PROCESSOR_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, Path(target) / name)
+            copied.append(name)
+    return copied
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

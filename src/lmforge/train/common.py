@@ -98,6 +98,10 @@ def save_final(trainer, tokenizer, output_dir: Path) -> list[str]:
     published = []
     if main:
         tokenizer.save_pretrained(str(staging))
+        if getattr(trainer, "processor_source", None):  # a vision-language model: its processor configs too
+            from lmforge.model.vl_processor import copy_processor_files
+
+            copy_processor_files(trainer.processor_source, staging)
         published = publish_files(staging, output_dir)
     trainer.accelerator.wait_for_everyone()
     return published

@@ -9,7 +9,7 @@ from lmforge.data.collator import MultiModalDataCollator, SFTDataCollator
 from lmforge.data.mm_plugin import get_mm_plugin
 from lmforge.data.pipeline import get_dataset
 from lmforge.model.loader import ATTENTION
-from lmforge.model.tokenizer import load_mm_processor, load_tokenizer_and_template
+from lmforge.model.tokenizer import load_mm_processor, load_tokenizer_and_template, processor_folder
 from lmforge.train.common import build_trainer, compute_dtype, finish, load_trainable_model
 from lmforge.train.trainer import ForgeTrainer
 
@@ -42,4 +42,6 @@ def run_sft(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
         metric_kwargs = dict(compute_metrics=token_accuracy, preprocess_logits_for_metrics=argmax_logits)
     trainer = build_trainer(ForgeTrainer, cfg, resume_from, callbacks, dataset=dataset, model=model,
                             data_collator=collator, processing_class=tokenizer, **metric_kwargs)
+    if mm_processor is not None:
+        trainer.processor_source = processor_folder(cfg.model)  # its configs are saved with every checkpoint
     return finish(cfg, trainer, tokenizer, template, dataset, resume_from)

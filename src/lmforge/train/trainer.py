@@ -67,6 +67,10 @@ class ForgeTrainerMixin:
             self.args.output_dir = real_output_dir
         self.accelerator.wait_for_everyone()
         written = staging / name
+        if self.args.should_save and getattr(self, "processor_source", None):
+            from lmforge.model.vl_processor import copy_processor_files
+
+            copy_processor_files(self.processor_source, written)
         best = self.state.best_model_checkpoint
         if best and Path(best).parent == staging:
             # The Trainer recorded the staging path as the best checkpoint; point it at the final place.
