@@ -55,7 +55,7 @@ def test_media_rows_are_refused_by_the_processors_without_media(llama3, aligned,
     template, tokenizer = llama3
     row = {**aligned(["<image>What is this?", "A cat."], dataset="mllm_demo"), "_images": ["cat.png"]}
     with pytest.raises(
-        UserError, match=r"Dataset 'mllm_demo' row 0 has images, but multimodal data is not supported yet"
+        UserError, match=r"Dataset 'mllm_demo' row 0 has images, but only unpacked sft \(training and prediction\) takes "
     ):
         get_processor("dpo", make_args(), template, tokenizer).process(rows_dataset([
             {**row, "_response": [{"role": "assistant", "content": "A cat."}, {"role": "assistant", "content": "A dog."}]}

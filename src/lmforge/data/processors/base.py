@@ -163,12 +163,13 @@ def row_meta(batch: Mapping[str, Sequence[Any]], index: int) -> tuple[str, int, 
 
 
 def check_text_only(batch: Mapping[str, Sequence[Any]], index: int) -> None:
-    """Refuse media rows: the processors do not expand image/video/audio placeholders yet."""
+    """Refuse media rows in the processors that do not expand image/video placeholders (packing, rm/dpo/kto/ppo/grpo)."""
     for column in ("_images", "_videos", "_audios"):
         if column in batch and batch[column][index]:
             dataset, row, _ = row_meta(batch, index)
             kind = column[1:]
             raise UserError(
-                f"Dataset '{dataset}' row {row} has {kind}, but multimodal data is not supported yet. "
-                f"Remove the `{kind}` column from its dataset_info.json entry to train on the text only."
+                f"Dataset '{dataset}' row {row} has {kind}, but only unpacked sft (training and prediction) takes "
+                f"images and videos in lmforge. Remove the `{kind}` column from its dataset_info.json entry to "
+                "train on the text only."
             )
