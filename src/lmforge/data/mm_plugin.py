@@ -66,6 +66,13 @@ class MMPlugin:
         """The model's pixel inputs for a batch's media (all rows' images in row order), as torch tensors."""
         raise NotImplementedError(f"The '{self.name}' plugin takes no media.")
 
+    def part_text(self, kind: str) -> str | None:
+        """What a chat template writes for one image or video content part, before the processor expands it.
+
+        None for a kind the model does not take.
+        """
+        return None
+
     def token_type_ids(self, input_ids, tokenizer):
         """`mm_token_type_ids`: 1 on image tokens, 2 on video tokens, 0 elsewhere (Qwen2-VL's M-RoPE needs it)."""
         import torch
@@ -94,6 +101,11 @@ class Qwen2VLPlugin(MMPlugin):
             images=tuple(self._expand(self.image_token, grid, merge) for grid in inputs.get("image_grid_thw", ())),
             videos=tuple(self._expand(self.video_token, grid, merge) for grid in inputs.get("video_grid_thw", ())),
         )
+
+    def part_text(self, kind: str) -> str | None:
+        # One pad token: the processor repeats it once per merged patch of the image it is given.
+        token = self.image_token if kind == IMAGES else self.video_token
+        return None if token is None else self.vision_start + token + self.vision_end
 
     def _expand(self, token: str | None, grid, merge_size: int) -> str:
         t, h, w = (int(v) for v in grid)

@@ -7,7 +7,8 @@ the fly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import UserError
@@ -22,12 +23,13 @@ logger = get_logger(__name__)
 
 @dataclass
 class MergedModel:
-    """A model ready to save: merged weights, its tokenizer and template."""
+    """A model ready to save: merged weights, its tokenizer and template (and a vision model's processor files)."""
 
     model: Any
     tokenizer: Any
     template: Any
     resolved: ResolvedModel
+    processor_files: dict[str, Path] = field(default_factory=dict)  # name -> the base model's file
 
 
 def load_export_tokenizer(cfg: RunConfig, resolved: ResolvedModel):

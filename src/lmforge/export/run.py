@@ -6,7 +6,9 @@ The folder holds, depending on `export_format`:
   stopping on the template's stop tokens, and the tokenizer whose chat_template is the template's;
 - gguf: `model-<gguf_type>.gguf`, loadable by llama.cpp, Ollama and transformers;
 
-and always a `Modelfile` for Ollama (FROM the GGUF when there is one) and `lmforge_export.json`.
+and always `lmforge_export.json`, and a `Modelfile` for Ollama (FROM the GGUF when there is one). A
+vision-language model exports as safetensors only, with its processor files and no Modelfile (see
+`vision.py`).
 Everything is written into a hidden staging folder next to `export_dir` and renamed into place at
 the end, so an interrupted export never leaves a half-written folder behind.
 """
@@ -19,6 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
+from lmforge.export.vision import (
+    check_vision_export,
+    copy_processor_files,
+    find_processor_files,
+)
+from lmforge.model.multimodal import is_multimodal
 from lmforge.model.resolve import EXPORT_FILE
 from lmforge.utils.logging import get_logger, quiet_known_warnings
 
@@ -41,12 +49,18 @@ def run_export(cfg: RunConfig) -> Path:
     export_dir = Path(export.export_dir)
     resolved = resolve_model(cfg)
     check_export_dir(export_dir, export.overwrite, [resolved.base, *resolved.adapters, resolved.tokenizer])
+    config = _model_config(cfg, resolved.base)
+    check_vision_export(export, config)
+    # A vision-language model's processor files are found before the weights load, and copied with them.
+    processor_files = find_processor_files(resolved.base, cfg.model) if is_multimodal(config) else {}
     if export.export_quantization_bit is not None:
         from lmforge.export.gptq import check_gptq_available
 
         check_gptq_available()
     if "gguf" in export.export_format:
-        _check_gguf_architecture(cfg, resolved.base)
+        from lmforge.export.gguf import check_supported
+
+        check_supported(config)
 
     if export.export_quantization_bit is not None:
         from lmforge.export.gptq import load_quantized
@@ -60,6 +74,7 @@ def run_export(cfg: RunConfig) -> Path:
         from lmforge.export.merge import load_merged
 
         merged = load_merged(cfg)
+    merged.processor_files = processor_files
 
     staging = staging_dir(export_dir.parent, export_dir.name)
     try:
@@ -93,23 +108,21 @@ def check_export_dir(export_dir: Path, overwrite: bool, sources: list[str]) -> N
                         "or choose another export_dir.")
 
 
-def _check_gguf_architecture(cfg: RunConfig, base: str) -> None:
-    """Fail before loading the weights when GGUF export cannot handle the model."""
+def _model_config(cfg: RunConfig, base: str):
+    """The config of the model to export, read before its weights, so that what cannot be exported fails early."""
     from transformers import AutoConfig
 
-    from lmforge.export.gguf import check_supported
     from lmforge.model.loader import check_model_path, hub_kwargs
 
     check_model_path(base)
     try:
-        config = AutoConfig.from_pretrained(base, **hub_kwargs(cfg.model))
+        return AutoConfig.from_pretrained(base, **hub_kwargs(cfg.model))
     except (OSError, ValueError) as err:
         raise UserError(f"Cannot load the model config of '{base}': {str(err).splitlines()[0]}") from None
-    check_supported(config)
 
 
 def write_export(cfg: RunConfig, merged, folder: Path) -> list[str]:
-    """Write the weights, tokenizer, GGUF and Modelfile into `folder`; return the file names."""
+    """Write the weights, tokenizer, processor files, GGUF and Modelfile into `folder`; return the file names."""
     from lmforge.export.gguf import gguf_file_name, write_gguf
 
     export = cfg.export
@@ -117,6 +130,11 @@ def write_export(cfg: RunConfig, merged, folder: Path) -> list[str]:
     if "safetensors" in export.export_format:
         model.save_pretrained(folder, max_shard_size=int(export.export_size * 10**9))
         tokenizer.save_pretrained(folder)
+        copy_processor_files(merged.processor_files, folder)
+    if is_multimodal(model):
+        logger.info("No Ollama Modelfile: lmforge's Modelfile has no place for images, so it is not written for "
+                    "a vision-language model.")
+        return sorted(p.name for p in folder.iterdir())
     model_path = "."
     if "gguf" in export.export_format:
         name = gguf_file_name(export.gguf_type)

@@ -112,6 +112,20 @@ def resolve_model(cfg: RunConfig) -> ResolvedModel:
     return ResolvedModel(base, (*previous, path, *adapters), path, template)
 
 
+def trained_from(path: str) -> str | None:
+    """The base model the training run folder `path` was trained from; None when it is not a run folder.
+
+    None as well when the run records a local base that no longer exists.
+    """
+    run = read_run_file(path)
+    if run is None or not run.get("model_name_or_path"):
+        return None
+    try:
+        return _recorded_path(run["model_name_or_path"], "model_name_or_path", Path(path))
+    except UserError:
+        return None
+
+
 def find_gguf(path: str) -> Path:
     """The GGUF file `model_name_or_path` points at (a file, or a folder with exactly one)."""
     target = Path(path).expanduser()

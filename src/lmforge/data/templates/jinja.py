@@ -3,8 +3,9 @@
 The generated template understands system, user, assistant, assistant `tool_calls`, and `tool`
 (observation) messages, the `tools` argument (rendered with the template's tool format), and, for
 reasoning templates, `enable_thinking` (defaulting to the template's setting) and
-`add_generation_prompt`. BOS/EOS are written as the tokenizer's token strings rather than
-`{{ eos_token }}`, because `fix_tokenizer` may have replaced the EOS.
+`add_generation_prompt`. A multimodal template also reads content-part lists with images and
+videos. BOS/EOS are written as the tokenizer's token strings rather than `{{ eos_token }}`, because
+`fix_tokenizer` may have replaced the EOS.
 """
 
 from __future__ import annotations
@@ -168,6 +169,34 @@ def _strip_thought(thought_words: tuple[str, str]) -> str:
     )
 
 
+def _content_block(mm_plugin: str | None) -> str:
+    """Jinja that sets `content` to the message's text.
+
+    A text template reads string content only. A multimodal one also reads a list of content parts
+    (the shape `processor.apply_chat_template` and OpenAI-style servers pass): text parts as they are,
+    each image or video part as the plugin's vision markers, which the model's processor then expands
+    to the image's token count.
+    """
+    string = "{%- set content = message['content'] if message['content'] is string else '' %}"
+    if mm_plugin is None:
+        return string
+    from lmforge.data.mm_plugin import IMAGES, VIDEOS, get_mm_plugin
+
+    plugin = get_mm_plugin(mm_plugin)
+    tests = {IMAGES: "part['type'] == 'image' or 'image' in part or 'image_url' in part",
+             VIDEOS: "part['type'] == 'video' or 'video' in part"}
+    cases = [(tests[kind], q(plugin.part_text(kind))) for kind in (IMAGES, VIDEOS) if plugin.part_text(kind)]
+    cases.append(("'text' in part", "part['text']"))
+    branches = "".join(f"{{%- {'elif' if i else 'if'} {test} %}}{{%- set ns.text = ns.text ~ {text} %}}"
+                       for i, (test, text) in enumerate(cases))
+    return (
+        "{%- if message['content'] is string %}{%- set content = message['content'] %}"
+        "{%- elif message['content'] %}{%- set ns.text = '' %}{%- for part in message['content'] %}"
+        + branches + "{%- endif %}{%- endfor %}{%- set content = ns.text %}"
+        "{%- else %}{%- set content = '' %}{%- endif %}"
+    )
+
+
 def template_to_jinja(template: Template, tokenizer) -> str:
     """A Jinja chat_template equivalent to `template.render_oneturn` / `render_prompt`."""
     prefix = slots_expr(template.format_prefix.slots, tokenizer) if template.format_prefix.slots else ""
@@ -197,7 +226,7 @@ def template_to_jinja(template: Template, tokenizer) -> str:
     if not template.fuse_system:
         parts.append("{%- if system_text or tools %}{{- " + system + " }}{%- endif %}")
     parts.append("{%- for message in loop_messages %}")
-    parts.append("{%- set content = message['content'] if message['content'] is string else '' %}")
+    parts.append(_content_block(template.mm_plugin))
     parts.append("{%- if message['role'] == 'user' %}")
     if template.fuse_system:
         parts.append(
