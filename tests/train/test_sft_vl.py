@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.train.conftest import train
+from tests.train.conftest import DATA_DIR, train
 
 Image = pytest.importorskip("PIL.Image")
 ImageDraw = pytest.importorskip("PIL.ImageDraw")
@@ -79,3 +79,22 @@ def test_lora_sft_on_images_lowers_the_loss(vl_dir, shapes_dir, tmp_path):
     assert targets and all("language_model" in name for name in targets), targets
     assert {name.split(".")[-1] for name in targets} == {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_lora_sft_on_the_bundled_image_and_video_demos(vl_dir, tmp_path):
+    """mllm_demo and mllm_video_demo together: every row is kept, and batches mixing images and videos train."""
+    out = tmp_path / "run"
+    metrics = train(*[f"{k}={v}" for k, v in {
+        "model_name_or_path": vl_dir, "stage": "sft", "do_train": "true", "finetuning_type": "lora",
+        "dataset": "mllm_demo,mllm_video_demo", "dataset_dir": DATA_DIR, "template": "qwen2_vl", "cutoff_len": 256,
+        "output_dir": out, "per_device_train_batch_size": 4, "learning_rate": "1e-2", "max_steps": 4,
+        "logging_steps": 1, "save_steps": 100, "report_to": "none", "disable_gradient_checkpointing": "true",
+        "seed": 0,
+    }.items()])
+    losses = [entry["loss"] for entry in json.loads((out / "trainer_state.json").read_text())["log_history"]
+              if "loss" in entry]
+    assert len(losses) == 4 and all(0 < loss < 20 for loss in losses), losses
+    assert losses[-1] < losses[0], losses
+    assert metrics["train_loss"] > 0
+    # 4 image rows and 3 video rows, none dropped: two epochs of two batches of 4 (the last one of 3).
+    assert json.loads((out / "trainer_state.json").read_text())["epoch"] == 2

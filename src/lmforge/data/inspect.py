@@ -110,7 +110,8 @@ def predicts(cfg, split: str) -> bool:
     return bool(cfg.train.do_predict and cfg.train.predict_with_generate) and split != TRAIN_SPLIT
 
 
-def preview(args, cfg, tokenizer, template) -> int:
+def preview(args, cfg, tokenizer, template, mm_processor=None) -> int:
+    """Print (or with --json, dump) the first samples as training sees them; `mm_processor` as in `get_processor`."""
     from lmforge.data.processors import IGNORE_INDEX, get_processor
 
     data = cfg.data
@@ -118,7 +119,8 @@ def preview(args, cfg, tokenizer, template) -> int:
     unpacked = dataclasses.replace(data, packing=False, neat_packing=False)
     rows, report = _preview_rows(args, cfg)
     predicting = predicts(cfg, "eval" if args.split == "eval" else "train")
-    processor = get_processor(cfg.finetune.stage, unpacked, template, tokenizer, do_generate=predicting)
+    processor = get_processor(cfg.finetune.stage, unpacked, template, tokenizer, do_generate=predicting,
+                              mm_processor=mm_processor)
     out = processor.process({key: [row[key] for row in rows] for key in rows[0]}) if rows else {"_drop": []}
     samples = []
     for i in range(len(out["_drop"])):
@@ -269,7 +271,8 @@ def _overlong(cfg) -> tuple[str, int]:
     return ("dropped" if data.drop_overlong else "truncated"), limit
 
 
-def check(args, cfg, tokenizer, template) -> int:
+def check(args, cfg, tokenizer, template, mm_processor=None) -> int:
+    """Validate every row and print the report; exit code 1 when a row is dropped."""
     from lmforge.data.pipeline import load_aligned, tokenize_split
     from lmforge.data.processors import get_processor
     from lmforge.data.reasons import CONVERT, PREDICT, TOKENIZE, explain
@@ -286,7 +289,8 @@ def check(args, cfg, tokenizer, template) -> int:
                               "splits": {}}
     for name, dataset in splits.items():
         predicting = predicts(cfg, name)
-        measure = get_processor(cfg.finetune.stage, full, template, tokenizer, do_generate=predicting)
+        measure = get_processor(cfg.finetune.stage, full, template, tokenizer, do_generate=predicting,
+                                mm_processor=mm_processor)
         measured = dataset.map(measure, batched=True, remove_columns=dataset.column_names, features=measure.features,
                                load_from_cache_file=False, desc=f"Measuring {name}")
         # A prediction sample is its prompt plus the reference answer (its `labels`).
@@ -296,7 +300,8 @@ def check(args, cfg, tokenizer, template) -> int:
             firsts = [len(ids) for ids in measured["input_ids"]]
         extra = measured["labels"] if predicting else [()] * len(measured)
         lengths = [first + len(more) for first, more, drop in zip(firsts, extra, measured["_drop"]) if not drop]
-        processor = get_processor(cfg.finetune.stage, data, template, tokenizer, do_generate=predicting)
+        processor = get_processor(cfg.finetune.stage, data, template, tokenizer, do_generate=predicting,
+                                  mm_processor=mm_processor)
         tokenized, dropped_tokens = tokenize_split(dataset, data, processor, report, name,
                                                    stage=PREDICT if predicting else TOKENIZE)
         result["splits"][name] = {"rows": len(dataset), "samples": len(tokenized),
