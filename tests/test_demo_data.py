@@ -23,7 +23,11 @@ EXPECTED = {
     "dpo_en_demo": ("dpo_en_demo.json", "alpaca", range(30, 61)),
     "dpo_zh_demo": ("dpo_zh_demo.json", "alpaca", range(25, 61)),
     "kto_en_demo": ("kto_en_demo.json", "alpaca", range(30, 61)),
+    "mllm_demo": ("mllm_demo.json", "sharegpt", range(3, 7)),
+    "mllm_video_demo": ("mllm_video_demo.json", "sharegpt", range(2, 5)),
 }
+MEDIA_DIR = DATA_DIR / "mllm_demo_data"  # the pictures and clips of the multimodal demos
+MEDIA_KIND = {"mllm_demo": ("images", "<image>", ".png"), "mllm_video_demo": ("videos", "<video>", ".mp4")}
 RANKED = {"dpo_en_demo", "dpo_zh_demo"}  # pairwise data: `ranking: true`
 USER_ROLES = {"human", "observation"}
 ASSISTANT_ROLES = {"gpt", "function_call"}
@@ -48,7 +52,7 @@ def test_registry_matches_files():
     info = _info()
     assert set(info) == set(EXPECTED)
     registered = {entry["file_name"] for entry in info.values()}
-    on_disk = {p.name for p in DATA_DIR.iterdir() if p.name not in {"dataset_info.json", "README.md"}}
+    on_disk = {p.name for p in DATA_DIR.iterdir() if p.name not in {"dataset_info.json", "README.md", MEDIA_DIR.name}}
     assert on_disk == registered, "every file in data/ must be registered, and every registered file must exist"
 
 
@@ -262,3 +266,60 @@ def test_tokenizer_corpus_covers_demo_data():
     for row in _rows("pretrain_demo.jsonl"):
         missing += [line for line in lines(row["text"]) if line not in corpus]
     assert not missing, f"{len(missing)} demo lines are not in the tokenizer corpus, e.g. {missing[:3]}"
+
+
+@pytest.mark.parametrize("name", sorted(MEDIA_KIND))
+def test_multimodal_rows(name):
+    column, placeholder, suffix = MEDIA_KIND[name]
+    rows = _rows(EXPECTED[name][0])
+    for i, row in enumerate(rows):
+        assert set(row) == {"messages", column}, i
+        messages = row["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2), i
+        assert all(set(m) == {"role", "content"} and m["content"].strip() for m in messages), i
+        text = "".join(m["content"] for m in messages)
+        assert text.count(placeholder) == len(row[column]) >= 1, i
+        assert all(placeholder not in m["content"] for m in messages if m["role"] == "assistant"), i
+        assert all(path.startswith("mllm_demo_data/") and path.endswith(suffix) for path in row[column]), i
+        assert all((DATA_DIR / path).is_file() for path in row[column]), i
+    assert any(len(row["messages"]) > 2 for row in rows), "a multi-turn row"
+    if name == "mllm_demo":
+        assert any(len(row["images"]) > 1 for row in rows), "a row with several images"
+
+
+def test_multimodal_media_are_used_and_small():
+    used = {path for name, (column, _, _) in MEDIA_KIND.items() for row in _rows(EXPECTED[name][0])
+            for path in row[column]}
+    on_disk = {f"mllm_demo_data/{p.name}" for p in MEDIA_DIR.iterdir()}
+    assert on_disk == used, "every picture and clip is used by a row, and every row's file exists"
+    assert sum(p.stat().st_size for p in MEDIA_DIR.iterdir()) < 50_000
+
+
+def test_multimodal_demo_is_what_the_script_writes(tmp_path):
+    """scripts/make_mllm_demo.py writes the same rows, the same pictures and clips of the same frames."""
+    import importlib.util
+
+    pytest.importorskip("PIL")
+    pytest.importorskip("av")
+    import numpy as np
+    from PIL import Image
+
+    from lmforge.model.vl_processor import read_video
+
+    spec = importlib.util.spec_from_file_location("make_mllm_demo", REPO_ROOT / "scripts" / "make_mllm_demo.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(tmp_path)
+    for name in MEDIA_KIND:
+        file_name = EXPECTED[name][0]
+        assert (tmp_path / file_name).read_bytes() == (DATA_DIR / file_name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / MEDIA_DIR.name).iterdir()) == sorted(p.name for p in MEDIA_DIR.iterdir())
+    for path in MEDIA_DIR.glob("*.png"):
+        made = np.asarray(Image.open(tmp_path / MEDIA_DIR.name / path.name))
+        assert np.array_equal(made, np.asarray(Image.open(path))), path.name
+    for path in MEDIA_DIR.glob("*.mp4"):
+        # Lossy: compare the decoded frames loosely, as encoder versions may differ by a few levels.
+        made = read_video(tmp_path / MEDIA_DIR.name / path.name, fps=4, maxlen=64).frames.astype(int)
+        kept = read_video(path, fps=4, maxlen=64).frames.astype(int)
+        assert made.shape == kept.shape == (8, 112, 112, 3), path.name
+        assert np.abs(made - kept).mean() < 2, path.name

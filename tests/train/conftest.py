@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DATA_DIR, QUICKSTART, REPO_ROOT  # noqa: F401 (QUICKSTART is used by the tests)
 
 EXAMPLES = REPO_ROOT / "examples"
@@ -55,3 +57,14 @@ def load_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+@pytest.fixture()
+def one_thread():
+    """The tiny models' matrices are too small for two threads to help; on a busy machine they hurt a lot."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

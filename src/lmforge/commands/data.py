@@ -43,14 +43,15 @@ def parse_options(argv: list[str]):
 
 def main(argv: list[str]) -> int:
     from lmforge.data.inspect import check, preview
-    from lmforge.model.tokenizer import load_tokenizer_and_template
+    from lmforge.model.tokenizer import load_mm_processor, load_tokenizer_and_template
 
     options, config_argv = parse_options(argv)
     cfg = load_config("data", config_argv)
-    # Exactly as `lmforge train` prepares them.
+    # Exactly as `lmforge train` prepares them: a vision-language model's processor keeps its media rows.
     tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
+    mm_processor = load_mm_processor(cfg.model)
     try:
         action = preview if options.action == "preview" else check
-        return action(options, cfg, tokenizer, template)
+        return action(options, cfg, tokenizer, template, mm_processor=mm_processor)
     finally:
         sys.stdout.flush()

@@ -1,9 +1,10 @@
 """What `lmforge data preview` and `lmforge data check` show: what training will see, before it runs.
 
-preview: the first samples rendered through the template, trained text marked [[...]], with token
-counts and warnings, then a summary: the rows skipped because they were dropped when read, and the
-columns no mapping reads. check: every row validated; rows loaded, dropped and kept with warnings
-(by reason, with row numbers), unread columns, what each reason means, token lengths against
+preview: the first samples rendered through the template, trained text marked [[...]] and each image's
+or video's vision tokens shown as one mark naming its file and token count, with token counts and
+warnings, then a summary: the rows skipped because they were dropped when read, and the columns no
+mapping reads. check: every row validated; rows loaded, dropped and kept with warnings (by reason,
+with row numbers), unread columns, what each reason means, token lengths against
 cutoff_len, and how much truncation cuts. Exit code 1 when any row is dropped (warnings do not fail).
 
 With `do_predict` and `predict_with_generate` in the config, the eval split is judged as batch
@@ -34,19 +35,111 @@ class InspectOptions:
     json: bool = False  # machine-readable output
 
 
-def mark_trained(tokenizer, input_ids: list[int], labels: list[int] | None) -> str:
-    """Decode `input_ids`, wrapping each run of supervised tokens in [[ ]]."""
+def mark_trained(tokenizer, input_ids: list[int], labels: list[int] | None,
+                 spans: list[MediaSpan] = ()) -> str:
+    """Decode `input_ids`, wrapping each run of supervised tokens in [[ ]].
+
+    Each of `spans` (a run of one image's or video's tokens) is shown as its `text` instead.
+    """
     from lmforge.data.processors import IGNORE_INDEX
 
     if labels is None or len(labels) != len(input_ids):
-        return tokenizer.decode(input_ids, skip_special_tokens=False)
-    parts, start = [], 0
-    for i in range(1, len(input_ids) + 1):
-        if i == len(input_ids) or (labels[i] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
-            text = tokenizer.decode(input_ids[start:i], skip_special_tokens=False)
-            parts.append(f"{MARK_OPEN}{text}{MARK_CLOSE}" if labels[start] != IGNORE_INDEX else text)
-            start = i
+        labels = [IGNORE_INDEX] * len(input_ids)
+        if not spans:
+            return tokenizer.decode(input_ids, skip_special_tokens=False)
+    trained = [label != IGNORE_INDEX for label in labels]
+    starts = {span.start: span for span in spans}
+    # Groups of pieces that share one trained state; a piece is token ids to decode or a span's text.
+    groups: list[tuple[bool, list[list[int] | str]]] = []
+    i = 0
+    while i < len(input_ids):
+        if i in starts:
+            piece: list[int] | str = starts[i].text
+            end = starts[i].end
+        else:
+            end = i + 1
+            while end < len(input_ids) and end not in starts and trained[end] == trained[i]:
+                end += 1
+            piece = list(input_ids[i:end])
+        if not groups or groups[-1][0] != trained[i]:
+            groups.append((trained[i], []))
+        groups[-1][1].append(piece)
+        i = end
+    parts = []
+    for is_trained, pieces in groups:
+        text = "".join(piece if isinstance(piece, str) else tokenizer.decode(piece, skip_special_tokens=False)
+                       for piece in pieces)
+        parts.append(f"{MARK_OPEN}{text}{MARK_CLOSE}" if is_trained else text)
     return "".join(parts)
+
+
+@dataclass(frozen=True)
+class MediaSpan:
+    """One image's or video's run of vision tokens in a sample: input_ids[start:end], shown as `text`."""
+
+    kind: str  # image or video
+    file: str
+    start: int
+    end: int
+
+    @property
+    def tokens(self) -> int:
+        return self.end - self.start
+
+    @property
+    def text(self) -> str:
+        return f"<{self.kind}: {self.file}, {self.tokens} tokens>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "file": self.file, "tokens": self.tokens}
+
+
+def media_spans(input_ids: list[int], media: dict[str, list[str]], token_ids: dict[str, int | None],
+                media_dir: str | None) -> list[MediaSpan]:
+    """Where each of a sample's images and videos sits: the runs of its pad token, in order.
+
+    `media`: the sample's files by kind (`images`, `videos`), in placeholder order; `token_ids`: each
+    kind's pad token id. Files are named relative to `media_dir`, as the dataset writes them.
+    """
+    spans = []
+    for kind, files in media.items():
+        token = token_ids.get(kind)
+        if token is None or not files:
+            continue
+        runs, i = [], 0
+        while i < len(input_ids):
+            if input_ids[i] == token:
+                end = i
+                while end < len(input_ids) and input_ids[end] == token:
+                    end += 1
+                runs.append((i, end))
+                i = end
+            else:
+                i += 1
+        # Two images side by side still have their own runs: each sits between vision start and end markers.
+        for (start, end), file in zip(runs, files):
+            spans.append(MediaSpan(kind[:-1], _media_name(file, media_dir), start, end))
+    return sorted(spans, key=lambda span: span.start)
+
+
+def _media_name(file: str, media_dir: str | None) -> str:
+    """A media file as the dataset names it: relative to `media_dir` when inside it, else as given."""
+    import os
+
+    if media_dir and os.path.isabs(file) == os.path.isabs(media_dir):
+        relative = os.path.relpath(file, media_dir)
+        if not relative.startswith(os.pardir):
+            return relative
+    return file if len(file) <= 80 else file[:77] + "..."
+
+
+def _media_token_ids(template, tokenizer) -> dict[str, int | None]:
+    """The pad token id of each media kind of the template's plugin (None where it takes no such media)."""
+    from lmforge.data.mm_plugin import IMAGES, VIDEOS, get_mm_plugin
+
+    plugin = get_mm_plugin(getattr(template, "mm_plugin", None))
+    tokens = {IMAGES: plugin.image_token, VIDEOS: plugin.video_token}
+    return {kind: None if token is None else tokenizer.convert_tokens_to_ids(token) for kind, token in tokens.items()}
 
 
 def _split_names(args, splits) -> list[str]:
@@ -110,7 +203,8 @@ def predicts(cfg, split: str) -> bool:
     return bool(cfg.train.do_predict and cfg.train.predict_with_generate) and split != TRAIN_SPLIT
 
 
-def preview(args, cfg, tokenizer, template) -> int:
+def preview(args, cfg, tokenizer, template, mm_processor=None) -> int:
+    """Print (or with --json, dump) the first samples as training sees them; `mm_processor` as in `get_processor`."""
     from lmforge.data.processors import IGNORE_INDEX, get_processor
 
     data = cfg.data
@@ -118,8 +212,11 @@ def preview(args, cfg, tokenizer, template) -> int:
     unpacked = dataclasses.replace(data, packing=False, neat_packing=False)
     rows, report = _preview_rows(args, cfg)
     predicting = predicts(cfg, "eval" if args.split == "eval" else "train")
-    processor = get_processor(cfg.finetune.stage, unpacked, template, tokenizer, do_generate=predicting)
+    processor = get_processor(cfg.finetune.stage, unpacked, template, tokenizer, do_generate=predicting,
+                              mm_processor=mm_processor)
     out = processor.process({key: [row[key] for row in rows] for key in rows[0]}) if rows else {"_drop": []}
+    media_ids = _media_token_ids(template, tokenizer)
+    media_dir = data.media_dir or data.dataset_dir
     samples = []
     for i in range(len(out["_drop"])):
         sample = {"dataset": out["_dataset"][i], "row": out["_row"][i], "dropped": out["_drop"][i] or None,
@@ -149,7 +246,11 @@ def preview(args, cfg, tokenizer, template) -> int:
             text, trained = tokenizer.decode(ids, skip_special_tokens=False), 0
         else:
             trained = sum(1 for t in labels if t != IGNORE_INDEX) if labels else len(ids)
-            text = mark_trained(tokenizer, ids, labels)
+            files = {kind: list(out[kind][i]) for kind in processor.media_columns if out[kind][i]}
+            spans = media_spans(ids, files, media_ids, media_dir) if files else []
+            text = mark_trained(tokenizer, ids, labels, spans)
+            if spans:
+                sample["media"] = [span.to_dict() for span in spans]
         sample.update(tokens=len(ids), trained_tokens=trained, text=text)
         if "kto_tags" in out:  # KTO: is this answer desirable?
             sample["kto_tag"] = bool(out["kto_tags"][i])
@@ -269,7 +370,8 @@ def _overlong(cfg) -> tuple[str, int]:
     return ("dropped" if data.drop_overlong else "truncated"), limit
 
 
-def check(args, cfg, tokenizer, template) -> int:
+def check(args, cfg, tokenizer, template, mm_processor=None) -> int:
+    """Validate every row and print the report; exit code 1 when a row is dropped."""
     from lmforge.data.pipeline import load_aligned, tokenize_split
     from lmforge.data.processors import get_processor
     from lmforge.data.reasons import CONVERT, PREDICT, TOKENIZE, explain
@@ -286,7 +388,8 @@ def check(args, cfg, tokenizer, template) -> int:
                               "splits": {}}
     for name, dataset in splits.items():
         predicting = predicts(cfg, name)
-        measure = get_processor(cfg.finetune.stage, full, template, tokenizer, do_generate=predicting)
+        measure = get_processor(cfg.finetune.stage, full, template, tokenizer, do_generate=predicting,
+                                mm_processor=mm_processor)
         measured = dataset.map(measure, batched=True, remove_columns=dataset.column_names, features=measure.features,
                                load_from_cache_file=False, desc=f"Measuring {name}")
         # A prediction sample is its prompt plus the reference answer (its `labels`).
@@ -296,7 +399,8 @@ def check(args, cfg, tokenizer, template) -> int:
             firsts = [len(ids) for ids in measured["input_ids"]]
         extra = measured["labels"] if predicting else [()] * len(measured)
         lengths = [first + len(more) for first, more, drop in zip(firsts, extra, measured["_drop"]) if not drop]
-        processor = get_processor(cfg.finetune.stage, data, template, tokenizer, do_generate=predicting)
+        processor = get_processor(cfg.finetune.stage, data, template, tokenizer, do_generate=predicting,
+                                  mm_processor=mm_processor)
         tokenized, dropped_tokens = tokenize_split(dataset, data, processor, report, name,
                                                    stage=PREDICT if predicting else TOKENIZE)
         result["splits"][name] = {"rows": len(dataset), "samples": len(tokenized),
