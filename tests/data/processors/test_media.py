@@ -69,6 +69,18 @@ def test_image_placeholder_becomes_vision_tokens(qwen2_vl, mm_processor, aligned
     assert out[0]["images"] == rows[0]["_images"] and out[0]["videos"] == []
 
 
+def test_vision_tokens_are_never_trained_even_with_train_on_prompt(qwen2_vl, mm_processor, aligned, rows_dataset,
+                                                                    make_args, run_map, image):
+    template, tokenizer = qwen2_vl
+    rows = [media_row(aligned, ["<image>What is this?", "A square."], [image()])]
+    processor = get_processor("sft", make_args(train_on_prompt=True), template, tokenizer, mm_processor=mm_processor)
+    out = run_map(processor, rows_dataset(rows))[0]
+    vision = {tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")}
+    masked = [token for token, label in zip(out["input_ids"], out["labels"], strict=True) if label == -100]
+    assert sorted(masked) == sorted(token for token in out["input_ids"] if token in vision)  # only those, all of them
+    assert len(masked) == 6
+
+
 def test_each_bad_row_is_dropped_with_its_reason_and_row(qwen2_vl, mm_processor, aligned, rows_dataset, make_args,
                                                          run_map, image, tmp_path):
     template, tokenizer = qwen2_vl

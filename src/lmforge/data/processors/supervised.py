@@ -137,6 +137,9 @@ class SupervisedProcessor(Processor):
         if self.efficient_eos:
             input_ids.append(self.eos_token_id)
             labels.append(self.eos_token_id)
+        if media is not None and self.vision_ids:
+            # Vision tokens stand for pixels: never a target, even with train_on_prompt.
+            labels = [IGNORE_INDEX if token in self.vision_ids else label for token, label in zip(input_ids, labels)]
         if media is not None and self._vision_count(input_ids) != sum(
                 self._vision_count(source) + self._vision_count(target) for source, target in pairs):
             # An image's tokens must all be there: the vision tower emits exactly that many embeddings.
