@@ -22,6 +22,8 @@ def test_example_trains(path, tiny_llama_dir, tiny_qwen_dir, tmp_path, request):
     if "stage" not in settings:
         pytest.fail(f"{path} is not a training config; add a test for its command")
     model = tiny_qwen_dir if settings.get("template", "qwen").startswith("qwen") else tiny_llama_dir
+    if settings.get("template") == "qwen2_vl":  # a vision-language example: the tiny Qwen2-VL
+        model = request.getfixturevalue("tiny_vl_dir")
     out = tmp_path / "run"
     # grpo samples its completions: they are cut short like the samples (cutoff_len), or the tiny model writes long.
     completions = ["max_completion_length=16"] if settings["stage"] == "grpo" else []
