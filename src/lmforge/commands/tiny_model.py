@@ -10,18 +10,18 @@ def main(argv: list[str]) -> int:
 
     parser = ArgumentParser(prog="lmforge tiny-model", description="Build a tiny random-weight model.")
     parser.add_argument("output_dir", help="Folder to write the model and tokenizer to.")
-    # qwen2_vl: a vision-language model (image processor and vision tokens too), tiny size only.
-    parser.add_argument("--arch", default="llama", choices=(*ARCHITECTURES, "qwen2_vl"))
+    # qwen2_vl, qwen2_5_vl: vision-language models (image processor and vision tokens too), tiny size only.
+    parser.add_argument("--arch", default="llama", choices=(*ARCHITECTURES, "qwen2_vl", "qwen2_5_vl"))
     parser.add_argument("--size", default="tiny", choices=list(SIZES))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    if args.arch == "qwen2_vl":
+    if args.arch in ("qwen2_vl", "qwen2_5_vl"):
         if args.size != "tiny":
-            parser.error("--arch qwen2_vl is built in size tiny only")
+            parser.error(f"--arch {args.arch} is built in size tiny only")
         from lmforge.testing.tiny_vl import build_tiny_vl_model
 
-        path = build_tiny_vl_model(args.output_dir, seed=args.seed)
+        path = build_tiny_vl_model(args.output_dir, seed=args.seed, arch=args.arch)
     else:
         from lmforge.testing.tiny import build_tiny_model
 

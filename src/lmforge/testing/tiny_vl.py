@@ -61,18 +61,24 @@ def build_vl_tokenizer():
     return tokenizer
 
 
-def build_tiny_vl_model(output_dir: str | os.PathLike, seed: int = 0, head_std: float = 0.16) -> Path:
-    """Write a random-weight Qwen2-VL, its tokenizer and image processor to `output_dir`.
+VL_ARCHITECTURES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def build_tiny_vl_model(output_dir: str | os.PathLike, seed: int = 0, head_std: float = 0.16,
+                        arch: str = "qwen2_vl") -> Path:
+    """Write a random-weight Qwen2-VL (or Qwen2.5-VL), its tokenizer and image processor to `output_dir`.
 
     `head_std` scales the output head as in `build_tiny_model`, so that LoRA runs can move it.
     """
+    if arch not in VL_ARCHITECTURES:
+        raise ValueError(f"arch must be one of {VL_ARCHITECTURES}, got {arch!r}")
     import torch
     from transformers import AutoModelForImageTextToText
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_vl_tokenizer()
-    config = vl_config(tokenizer)
+    config = vl_config(tokenizer, arch)
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
@@ -82,14 +88,14 @@ def build_tiny_vl_model(output_dir: str | os.PathLike, seed: int = 0, head_std: 
     tokenizer.save_pretrained(out)
     _write_image_processor(out)
     (out / "lmforge_tiny.json").write_text(
-        json.dumps({"arch": "qwen2_vl", "size": "tiny", "seed": seed}, indent=2) + "\n"
+        json.dumps({"arch": arch, "size": "tiny", "seed": seed}, indent=2) + "\n"
     )
     return out
 
 
-def vl_config(tokenizer):
-    """A two-layer Qwen2-VL config whose vision token ids are the tokenizer's."""
-    from transformers import Qwen2VLConfig
+def vl_config(tokenizer, arch: str = "qwen2_vl"):
+    """A two-layer Qwen2-VL (or Qwen2.5-VL) config whose vision token ids are the tokenizer's."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in VISION_TOKENS}
     text = {
@@ -117,7 +123,25 @@ def vl_config(tokenizer):
         "spatial_merge_size": MERGE_SIZE,
         "temporal_patch_size": TEMPORAL_PATCH_SIZE,
     }
-    return Qwen2VLConfig(
+    config_class = Qwen2VLConfig
+    if arch == "qwen2_5_vl":
+        # Qwen2.5-VL's vision tower: windowed attention (one window of 112 pixels here) with the last of
+        # the two blocks attending to the whole image, a gated MLP, and `out_hidden_size` into the text width.
+        vision = {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "patch_size": PATCH_SIZE,
+            "spatial_merge_size": MERGE_SIZE,
+            "temporal_patch_size": TEMPORAL_PATCH_SIZE,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+            "tokens_per_second": 2,
+        }
+        config_class = Qwen2_5_VLConfig
+    return config_class(
         text_config=text,
         vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
