@@ -225,6 +225,7 @@ def test_board_trains_resumes_chats_and_exports(project, tmp_path):
         page.get_by_role("tab", name="Chat").click()
         page.locator("#load_model").click()
         wait_text(page, "chat_status", r"Model loaded", 120_000)
+        expect(page.locator("#image")).to_be_hidden()  # the uploads show for vision-language models only
         page.locator("#query textarea").fill("Who are you?")
         page.locator("#send").click()
         page.wait_for_function("() => { const b = document.querySelectorAll('#chatbot [data-testid=bot]');"
