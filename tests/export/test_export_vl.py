@@ -71,7 +71,7 @@ def image_batch(model_dir, image):
 
     from lmforge.config import DataArguments
     from lmforge.data.collator import MultiModalDataCollator, SFTDataCollator
-    from lmforge.data.mm_plugin import get_mm_plugin
+    from lmforge.data.templates.mm_plugin import get_mm_plugin
     from lmforge.data.templates import get_template
     from lmforge.model.vl_processor import load_processor
 

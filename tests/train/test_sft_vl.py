@@ -169,7 +169,7 @@ def _answers(model_dir, vl_dir, data_dir, dataset: str) -> list[str]:
 
     from lmforge.commands.common import load_config
     from lmforge.data.collator import MultiModalDataCollator, SFTDataCollator
-    from lmforge.data.mm_plugin import get_mm_plugin
+    from lmforge.data.templates.mm_plugin import get_mm_plugin
     from lmforge.data.pipeline import get_dataset
     from lmforge.data.processors import IGNORE_INDEX
     from lmforge.model.loader import load_model

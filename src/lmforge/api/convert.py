@@ -28,7 +28,7 @@ from lmforge.api.protocol import (
 )
 from lmforge.api.settings import ApiSettings
 from lmforge.chat.base import Media
-from lmforge.data.mm_plugin import placeholders
+from lmforge.data.templates.mm_plugin import placeholders
 from lmforge.data.openai_messages import BadToolCall, merge_tool_results, tool_calls_content
 
 _PROMPT_ROLES = ("user", "observation")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmforge.data.mm_plugin import IMAGES, VIDEOS, MediaReadError, get_mm_plugin, placeholders
+from lmforge.data.templates.mm_plugin import IMAGES, VIDEOS, MediaReadError, get_mm_plugin, placeholders
 from lmforge.errors import UserError
 
 if TYPE_CHECKING:

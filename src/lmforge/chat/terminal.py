@@ -27,7 +27,7 @@ def chat_loop(engine: ChatEngine) -> None:
     """Read messages from stdin and answer each with `engine`, keeping the conversation."""
     from lmforge.chat.base import Media
     from lmforge.chat.media import check_supported
-    from lmforge.data.mm_plugin import placeholders
+    from lmforge.data.templates.mm_plugin import placeholders
 
     interactive = sys.stdin.isatty()
     if interactive:

@@ -135,7 +135,7 @@ def _media_name(file: str, media_dir: str | None) -> str:
 
 def _media_token_ids(template, tokenizer) -> dict[str, int | None]:
     """The pad token id of each media kind of the template's plugin (None where it takes no such media)."""
-    from lmforge.data.mm_plugin import IMAGES, VIDEOS, get_mm_plugin
+    from lmforge.data.templates.mm_plugin import IMAGES, VIDEOS, get_mm_plugin
 
     plugin = get_mm_plugin(getattr(template, "mm_plugin", None))
     tokens = {IMAGES: plugin.image_token, VIDEOS: plugin.video_token}

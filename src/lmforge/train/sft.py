@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 
 from lmforge.data.collator import MultiModalDataCollator, SFTDataCollator
-from lmforge.data.mm_plugin import get_mm_plugin
+from lmforge.data.templates.mm_plugin import get_mm_plugin
 from lmforge.data.pipeline import get_dataset
 from lmforge.model.loader import ATTENTION
 from lmforge.model.tokenizer import load_mm_processor, load_tokenizer_and_template, processor_folder

@@ -114,7 +114,7 @@ def render_chat(engine, with_tools: bool = False, with_media: bool | None = None
 def add_user_turn(text: str, messages: list[dict], image: str | None = None, video: str | None = None):
     """Append the typed message (with the uploaded image/video) to the history; lock the input until the
     answer is complete."""
-    from lmforge.data.mm_plugin import placeholders
+    from lmforge.data.templates.mm_plugin import placeholders
 
     text = text.strip()
     if not text:
@@ -134,7 +134,7 @@ def add_user_turn(text: str, messages: list[dict], image: str | None = None, vid
 
 def display(messages: list[dict]) -> list[dict]:
     """The chatbot's view of the history: each uploaded file shown as itself, then the text without placeholders."""
-    from lmforge.data.mm_plugin import placeholders
+    from lmforge.data.templates.mm_plugin import placeholders
 
     shown: list[dict] = []
     for message in messages:

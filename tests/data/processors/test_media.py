@@ -161,7 +161,7 @@ def test_video_rows_and_the_collator_feed_the_model(qwen2_vl, mm_processor, vl_d
     from transformers import AutoModelForImageTextToText
 
     from lmforge.data.collator import MultiModalDataCollator, SFTDataCollator
-    from lmforge.data.mm_plugin import get_mm_plugin
+    from lmforge.data.templates.mm_plugin import get_mm_plugin
 
     video = tmp_path / "moving.mp4"
     with av.open(str(video), "w") as container:  # four 56x56 frames at 2 fps: fps 2.0 keeps them all

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lmforge.data.mm_plugin import (
+from lmforge.data.templates.mm_plugin import (
     IMAGES,
     VIDEOS,
     MediaReadError,

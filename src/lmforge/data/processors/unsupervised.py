@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lmforge.data.mm_plugin import IMAGES, VIDEOS
+from lmforge.data.templates.mm_plugin import IMAGES, VIDEOS
 from lmforge.data.processors.base import VISION_TOKENS_CUT, Processor, empty_turns, row_meta, turn_problem
 from lmforge.data.processors.media import MediaJudge
 from lmforge.data.processors.truncation import infer_seqlen

@@ -43,7 +43,7 @@ class BaseTemplate(ABC):
     enable_thinking: bool | None = True
     preserve_thinking: bool = False
     tools_date: str | None = None  # the llama3 tool prompt's "Today Date"; None means today
-    # The multimodal plugin (`lmforge.data.mm_plugin`) that turns <image>/<video> placeholders into the model's
+    # The multimodal plugin (`lmforge.data.templates.mm_plugin`) that turns <image>/<video> placeholders into the model's
     # vision tokens; None: the template takes text only. A name, like tool_format, so the template stays data.
     mm_plugin: str | None = None
 

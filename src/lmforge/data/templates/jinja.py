@@ -180,7 +180,7 @@ def _content_block(mm_plugin: str | None) -> str:
     string = "{%- set content = message['content'] if message['content'] is string else '' %}"
     if mm_plugin is None:
         return string
-    from lmforge.data.mm_plugin import IMAGES, VIDEOS, get_mm_plugin
+    from lmforge.data.templates.mm_plugin import IMAGES, VIDEOS, get_mm_plugin
 
     plugin = get_mm_plugin(mm_plugin)
     tests = {IMAGES: "part['type'] == 'image' or 'image' in part or 'image_url' in part",

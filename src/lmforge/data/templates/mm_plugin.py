@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.data.templates.media import MediaTokens
+from .media import MediaTokens
 from lmforge.errors import UserError
 
 IMAGES, VIDEOS = "images", "videos"
