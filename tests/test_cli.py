@@ -96,8 +96,8 @@ def test_tiny_model_command(tmp_path):
     bad = run_cli("tiny-model", str(tmp_path / "n"), "--arch", "gpt9")
     assert bad.returncode == 1
     assert bad.stderr == ("lmforge tiny-model: error: argument --arch: invalid choice: 'gpt9' (choose from 'llama', "
-                          "'qwen2', 'qwen3', 'qwen2_vl'). Usage: lmforge tiny-model [-h] "
-                          "[--arch {llama,qwen2,qwen3,qwen2_vl}] [--size {tiny,0.5b}] [--seed SEED] output_dir\n")
+                          "'qwen2', 'qwen3', 'qwen2_vl', 'qwen2_5_vl'). Usage: lmforge tiny-model [-h] "
+                          "[--arch {llama,qwen2,qwen3,qwen2_vl,qwen2_5_vl}] [--size {tiny,0.5b}] [--seed SEED] output_dir\n")
 
 
 def test_tiny_vision_model_command(tmp_path):

@@ -143,7 +143,7 @@ def test_board_trains_resumes_chats_and_exports(project, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(board["url"])
         expect(page.locator("#model_path input, #model_path textarea").first).to_have_value("models/tiny-llama")
-        wait_text(page, "data_status", r"5 datasets in data fit stage sft")
+        wait_text(page, "data_status", r"7 datasets in data fit stage sft")
 
         # A broken dataset_info.json is shown with its error, not hidden.
         fill(page, "dataset_dir", "broken_data")
