@@ -153,7 +153,7 @@ def test_board_trains_resumes_chats_and_exports(project, tmp_path):
         assert "Did you mean 'sharegpt'?" in status
         fill(page, "dataset_dir", "data")
         page.locator("#dataset_dir input, #dataset_dir textarea").first.press("Enter")
-        wait_text(page, "data_status", r"5 datasets in data")
+        wait_text(page, "data_status", r"7 datasets in data")
 
         set_up_training(page, extra='{"lora_rnk": 8}')
         output_dir = page.locator("#output_dir input, #output_dir textarea").first.input_value()
