@@ -210,7 +210,8 @@ def _check_quantization(cfg: RunConfig, readers: frozenset[str], problems: list[
     _choice(problems, "quantization_method", model.quantization_method, tuple(QUANTIZATION_BITS))
     allowed = QUANTIZATION_BITS.get(model.quantization_method, (4, 8))
     if bits not in allowed:
-        problems.append(f"'quantization_bit' must be {' or '.join(map(str, allowed))} with quantization_method "
+        listed = f"{', '.join(map(str, allowed[:-1]))} or {allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
+        problems.append(f"'quantization_bit' must be {listed} with quantization_method "
                         f"{model.quantization_method}, got {bits}.")
     if model.quantization_method == "bnb" and bits == 4:
         _choice(problems, "quantization_type", model.quantization_type, ("nf4", "fp4"))

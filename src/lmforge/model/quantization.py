@@ -67,7 +67,7 @@ def check_prequantized(method: str, path: str, model_args: ModelArguments) -> No
     missing = _missing(PREQUANTIZED_PACKAGES.get(method, ()))
     if missing:
         raise UserError(
-            f"'{path}' is a {method.upper()}-quantized checkpoint (its config.json has a quantization_config), and "
+            f"'{path}' is a checkpoint quantized with {method.upper()} (its config.json has a quantization_config), and "
             f"loading it needs {' and '.join(missing)}: pip install {' '.join(missing)}"
         )
     if model_args.quantization_bit is not None:
