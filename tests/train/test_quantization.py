@@ -14,7 +14,7 @@ import torch
 
 from lmforge.config import parse_config
 from lmforge.errors import UserError
-from tests.train.conftest import DATA_DIR, QUICKSTART, load_safetensors, tiny_args, train
+from tests.train.conftest import DATA_DIR, QUICKSTART, REPO_ROOT, load_safetensors, tiny_args, train
 
 pytestmark = pytest.mark.quantization
 
@@ -180,17 +180,17 @@ def test_prequantized_checkpoint_trains_lora_and_chats(prequantized, tmp_path):
     assert engine.chat([{"role": "user", "content": "Hi"}]).text is not None
 
 
-def test_prequantized_checkpoint_refuses_what_needs_merging(prequantized, tmp_path):
-    from lmforge.commands.common import load_config
-    from lmforge.commands.export import run as export
+def test_prequantized_checkpoint_refuses_what_needs_merging(prequantized, tmp_path, capsys):
+    from lmforge.cli import main
 
     run = tmp_path / "run"
     train(*tiny_args(prequantized, run, max_steps=1))
-    with pytest.raises(UserError, match=r"^Cannot merge adapters into '.*tiny-nf4': it is a quantized model "
-                       r"\(bitsandbytes 4-bit\), and quantized weights cannot take an adapter's delta\. Export from "
-                       r"the unquantized base model the adapter was trained on"):
-        export(load_config("export", [f"model_name_or_path={prequantized}", f"adapter_name_or_path={run}",
-                                      f"export_dir={tmp_path / 'export'}", "template=llama3"]))
+    assert main(["export", f"model_name_or_path={prequantized}", f"adapter_name_or_path={run}",
+                 f"export_dir={tmp_path / 'export'}", "template=llama3"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"lmforge export: error: Cannot merge adapters into '{prequantized}': it is a quantized model (bitsandbytes "
+        "4-bit), and quantized weights cannot take an adapter's delta. Export from the unquantized base model the "
+        "adapter was trained on (model_name_or_path: that model, adapter_name_or_path: the adapter).")
     assert not (tmp_path / "export").exists()
     with pytest.raises(UserError, match=r"takes one adapter, applied on the fly, but 2 are given"):
         engine_for(f"model_name_or_path={prequantized}", f"adapter_name_or_path={run},{run}", "template=llama3")
@@ -211,3 +211,16 @@ def test_dpo_with_a_quantized_reference_model(tiny_llama_dir, tmp_path):
 
     tokenizer, _ = load_tokenizer_and_template(cfg.model, cfg.data)
     assert len(layers_of(load_reference_model(cfg, tokenizer), "Linear4bit")) == 28
+
+
+def test_quantized_batch_prediction(quickstart_run, tiny_llama_dir, tmp_path):
+    """do_predict through the same engine, with the quick start's adapter on the 4-bit base."""
+    out = tmp_path / "predict"
+    metrics = train(str(REPO_ROOT / "examples" / "predict" / "tiny_llama_lora_predict.yaml"),
+                    f"model_name_or_path={tiny_llama_dir}", f"adapter_name_or_path={quickstart_run}",
+                    f"output_dir={out}", f"dataset_dir={DATA_DIR}", "quantization_bit=4", "max_samples=8",
+                    "max_new_tokens=24")
+    rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    assert sum("ForgeBot" in row["predict"] for row in rows) >= 6, [row["predict"] for row in rows]
+    assert metrics["predict_rouge-l"] > 30
