@@ -16,10 +16,9 @@ from lmforge.model.quantization import (
     check_prequantized,
     prequantized_method,
     quantization_config,
+    quantized_device_map,
     quiet_bitsandbytes,
-)
-from lmforge.model.quantization import (
-    device_map as quantized_device_map,
+    release_checkpoint_file,
 )
 
 if TYPE_CHECKING:
@@ -152,6 +151,8 @@ def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, de
             # transformers' quantizers report what they cannot do on this machine or version here.
             raise UserError(f"Cannot load '{path}' quantized ({prequantized or model_args.quantization_method}): "
                             f"{str(err).splitlines()[0]}") from None
+    if quant is not None:
+        release_checkpoint_file(model)
     if model_args.resize_vocab and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     if not trainable:

@@ -127,7 +127,7 @@ def quantization_config(model_args: ModelArguments, compute_dtype):
     )
 
 
-def device_map(model_args: ModelArguments, trainable: bool):
+def quantized_device_map(model_args: ModelArguments, trainable: bool):
     """Where a quantized model's weights go: this process's GPU (each DDP rank its own), or the CPU.
 
     `quantization_device_map: auto` spreads inference over the GPUs and the CPU (accelerate's map).
@@ -171,6 +171,21 @@ def prepare_for_training(model) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def release_checkpoint_file(model) -> None:
+    """Copy a CPU model's unquantized weights (embeddings, norms) out of the memory-mapped checkpoint.
+
+    transformers leaves the weights that need no conversion as views of the mapped safetensors file, which
+    keeps every page of the file mapped: the full-precision weights stay counted in the process's memory after
+    they were quantized. Once nothing points into the file, the mapping closes.
+    """
+    import gc
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu" and type(tensor).__name__ not in ("Params4bit", "Int8Params"):
+            tensor.data = tensor.data.clone()
+    gc.collect()
 
 
 def quiet_bitsandbytes() -> None:
