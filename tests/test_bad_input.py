@@ -4,6 +4,7 @@ nothing half-written. (API requests have their own matrix in tests/api.)"""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -113,6 +114,40 @@ CASES = [
     ("missing adapter", ["train", *TRAIN, "dataset=good", "adapter_name_or_path=noadapter"], 1, "lmforge train: "
      "error: Adapter 'noadapter' not found: expected noadapter/adapter_config.json. Point adapter_name_or_path at a "
      "LoRA training output_dir."),
+    # quantization (LLaMA-Factory's rules; a quantized checkpoint's missing libraries)
+    ("quantized freeze", ["train", *TRAIN, "dataset=good", "quantization_bit=4", "finetuning_type=freeze"], 1,
+     "lmforge train: error: Config error: quantization ('quantization_bit') is only supported with finetuning_type "
+     "lora."),
+    ("quantized two adapters", ["train", *TRAIN, "dataset=good", "quantization_bit=4", "adapter_name_or_path=a,b"], 1,
+     "lmforge train: error: Config error: a quantized model takes one adapter, applied on the fly, but "
+     "adapter_name_or_path names 2: merge them into the unquantized base first (lmforge export without "
+     "quantization_bit), then load the export with the last one."),
+    ("quantized merge", ["chat", "model_name_or_path=MODEL", "quantization_bit=8", "merge_adapters=true"], 1,
+     "lmforge chat: error: Config error: 'merge_adapters' cannot merge an adapter into a quantized model: remove "
+     "merge_adapters (the adapter is applied on the fly), or export the merged model from the unquantized base "
+     "(lmforge export without quantization_bit) and load that quantized."),
+    ("quantized export", ["export", *EXPORT, "quantization_bit=4"], 1, "lmforge export: error: Config error: export "
+     "writes full-precision weights, and adapters cannot be merged into a quantized model: remove quantization_bit "
+     "(export from the unquantized base; for a smaller file use export_format: gguf with gguf_type: q8_0, or "
+     "export_quantization_bit for GPTQ)."),
+    ("quantization type", ["train", *TRAIN, "dataset=good", "quantization_bit=4", "quantization_type=nf3"], 1,
+     "lmforge train: error: Config error: 'quantization_type' is 'nf3', which is not one of: nf4, fp4. Did you mean "
+     "'nf4'?"),
+    ("quantized device map", ["train", *TRAIN, "dataset=good", "quantization_bit=4", "quantization_device_map=auto"],
+     1, "lmforge train: error: Config error: 'quantization_device_map: auto' is for inference only; remove it to "
+     "train (each process trains on its own device)."),
+    ("eetq on cpu", ["train", *TRAIN, "dataset=good", "quantization_bit=8", "quantization_method=eetq"], 1,
+     "lmforge train: error: quantization_method eetq needs a CUDA GPU (its int8 kernels run on CUDA only), and this "
+     "machine has none. Use quantization_method: bnb, which also runs on the CPU."),
+    ("hqq on cpu", ["chat", "model_name_or_path=MODEL", "quantization_bit=4", "quantization_method=hqq"], 1,
+     "lmforge chat: error: quantization_method hqq needs a CUDA GPU: transformers refuses to place HQQ layers on the "
+     "CPU. Use quantization_method: bnb, which also runs on the CPU."),
+    ("gptq checkpoint", ["chat", "model_name_or_path=gptq"], 1, "lmforge chat: error: 'gptq' is a checkpoint quantized "
+     "with GPTQ (its config.json has a quantization_config), and loading it needs gptqmodel and optimum: pip install "
+     "gptqmodel optimum"),
+    ("awq checkpoint", ["train", *TRAIN, "dataset=good", "model_name_or_path=awq"], 1, "lmforge train: error: 'awq' "
+     "is a checkpoint quantized with AWQ (its config.json has a quantization_config), and loading it needs gptqmodel: "
+     "pip install gptqmodel"),
     # command-line arguments
     ("unknown command", ["trian"], 2, "lmforge: unknown command 'trian'. Did you mean 'train'? Run `lmforge help` to "
      "list the commands."),
@@ -153,8 +188,15 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def workspace(tmp_path_factory, tiny_llama_dir) -> Path:
     root = tmp_path_factory.mktemp("bad-input")
+    # The tiny model as checkpoints quantized beforehand, as their config.json says (the weights stay plain:
+    # the libraries that would read them are missing, and that is refused before the weights load).
+    for method, extra in (("gptq", {"bits": 4, "group_size": 128}), ("awq", {"bits": 4, "version": "gemm"})):
+        shutil.copytree(tiny_llama_dir, root / method)
+        config = json.loads((root / method / "config.json").read_text())
+        config["quantization_config"] = {"quant_method": method, **extra}
+        (root / method / "config.json").write_text(json.dumps(config))
     (root / "bad.yaml").write_text("model_name_or_path: m\nstage: sft\n  bad: [\n")
     (root / "list.yaml").write_text("- a\n- b\n")
     (root / "bad.json").write_text('{"model_name_or_path": "m",}')
@@ -188,6 +230,9 @@ def test_bad_input_is_one_clear_line(name, argv, code, expected, workspace, tiny
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # As on a machine without the optional DeepSpeed package (it may be installed here).
     monkeypatch.setitem(sys.modules, "deepspeed", None)
+    if any(arg.startswith("quantization_method=") for arg in argv):
+        # The refusals of a machine without CUDA, wherever the suite runs.
+        monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
     argv = [a.replace("MODEL", str(tiny_llama_dir)) for a in argv]
     assert main(argv) == code

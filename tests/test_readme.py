@@ -30,7 +30,7 @@ ROWS = _rows()
 
 def test_the_table_lists_working_and_missing_features():
     statuses = {status.split(" (")[0] for _, _, status in ROWS}
-    assert statuses == {"works", "needs a CUDA GPU", "not available yet"}
+    assert {"works", "not available yet"} <= statuses <= {"works", "needs a CUDA GPU", "not available yet"}
     assert len(ROWS) >= 10
 
 

@@ -116,7 +116,7 @@ def test_all_problems_reported_together():
         (["mix_strategy=interleave_under", "dataset=a,b", "eval_dataset=c,d,e", "interleave_probs=0.5,0.5"],
          "'interleave_probs' has 2 values but 'eval_dataset' names 3 datasets; give one probability per dataset."),
         (["dataset=a,b", "interleave_probs=0.5,0.5"], "'interleave_probs' needs mix_strategy interleave_under"),
-        (["quantization_bit=3"], "'quantization_bit' must be 4 or 8, got 3."),
+        (["quantization_bit=3"], "'quantization_bit' must be 4 or 8 with quantization_method bnb, got 3."),
         (["use_galore=true"], "'use_galore' is not supported by lmforge"),
         (["do_eval=true"], "'do_eval'/'do_predict' need 'eval_dataset' or a 'val_size' above 0."),
         (["template=qwen-3"], "unknown template 'qwen-3'. Did you mean 'qwen3'? Run `lmforge templates` to list them."),

@@ -117,7 +117,7 @@ class FinetuningArguments:
         default=None, metadata={"help": "Adapters of the reference model (comma-separated), merged into it.", "read_by": (TRAINING,)}
     )
     ref_model_quantization_bit: int | None = field(
-        default=None, metadata={"help": "Quantize the reference model.", "read_by": (TRAINING,)}
+        default=None, metadata={"help": "Load the reference model quantized: 4 or 8 (bitsandbytes).", "read_by": (TRAINING,)}
     )
     # PPO (stage ppo) and its reward model (trained with stage rm).
     reward_model: str | None = field(default=None, metadata={"help": "PPO, GRPO: the reward model: an rm run folder (lora), a full rm folder (full) or a URL (api); GRPO also takes a one-label sequence classifier folder.", "read_by": (TRAINING,)})
@@ -125,7 +125,7 @@ class FinetuningArguments:
         default=None, metadata={"help": "PPO, reward_model_type full: rm adapters (comma-separated) merged into reward_model; the last holds the value head.", "read_by": (TRAINING,)}
     )
     reward_model_quantization_bit: int | None = field(
-        default=None, metadata={"help": "PPO, reward_model_type full: quantize the reward model (4 or 8, CUDA).", "read_by": (TRAINING,)}
+        default=None, metadata={"help": "PPO, reward_model_type full: load the reward model quantized: 4 or 8 (bitsandbytes).", "read_by": (TRAINING,)}
     )
     reward_model_type: str = field(
         default="lora", metadata={"help": "PPO: what reward_model is: lora (an rm LoRA run on the policy's base model), full or api.", "read_by": (TRAINING,)}

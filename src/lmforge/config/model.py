@@ -98,19 +98,25 @@ class ModelArguments:
         default=False, metadata={"help": "Allow model code from the hub to run.", "read_by": (TOKENIZER,)}
     )
     quantization_method: str = field(
-        default="bnb", metadata={"help": "On-the-fly quantization: bnb, hqq or eetq.", "read_by": (MODEL,)}
+        default="bnb",
+        metadata={"help": "On-the-fly quantization: bnb (bitsandbytes; CPU or CUDA), hqq or eetq (CUDA).",
+                  "read_by": (MODEL,)},
     )
     quantization_bit: int | None = field(
-        default=None, metadata={"help": "Quantize the model to 4 or 8 bits (QLoRA).", "read_by": (MODEL,)}
+        default=None,
+        metadata={"help": "Quantize the model as it loads: 4 or 8 bits (QLoRA; bnb), training LoRA or for inference.",
+                  "read_by": (MODEL,)},
     )
     quantization_type: str = field(
-        default="nf4", metadata={"help": "4-bit data type: nf4 or fp4.", "read_by": (MODEL,)}
+        default="nf4", metadata={"help": "bnb 4-bit data type: nf4 or fp4.", "read_by": (MODEL,)}
     )
     double_quantization: bool = field(
-        default=True, metadata={"help": "Quantize the quantization constants too.", "read_by": (MODEL,)}
+        default=True, metadata={"help": "bnb 4-bit: quantize the quantization constants too.", "read_by": (MODEL,)}
     )
     quantization_device_map: str | None = field(
-        default=None, metadata={"help": "Device map for quantized inference.", "read_by": ()}
+        default=None,
+        metadata={"help": "auto: spread a quantized model over the GPUs and the CPU (inference only).",
+                  "read_by": (MODEL,)},
     )
     vllm_maxlen: int = field(default=4096, metadata={"help": "vLLM: maximum sequence length.", "read_by": (SERVING,)})
     vllm_gpu_util: float = field(

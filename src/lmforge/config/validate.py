@@ -67,7 +67,7 @@ def check(cfg: RunConfig, template_names: Collection[str] | None = None) -> list
     if DATASET in readers:
         _check_dataset(cfg, problems)
     if MODEL in readers:
-        _check_model(cfg, problems)
+        _check_model(cfg, readers, problems)
     if TRAINING in readers:
         _check_training(cfg, problems)
     if EXPORT in readers:
@@ -183,16 +183,64 @@ def _check_dataset(cfg: RunConfig, problems: list[str]) -> None:
         problems.append("with 'streaming', 'val_size' must be a row count (>= 1), not a fraction.")
 
 
-def _check_model(cfg: RunConfig, problems: list[str]) -> None:
+def _check_model(cfg: RunConfig, readers: frozenset[str], problems: list[str]) -> None:
     model, ft = cfg.model, cfg.finetune
     _choice(problems, "flash_attn", model.flash_attn, FLASH_ATTN)
     if model.adapter_name_or_path and ft.finetuning_type != "lora":
         problems.append(f"'adapter_name_or_path' needs finetuning_type lora (it is {ft.finetuning_type}).")
     if model.quantization_bit is not None:
-        if model.quantization_bit not in (4, 8):
-            problems.append(f"'quantization_bit' must be 4 or 8, got {model.quantization_bit}.")
-        if ft.finetuning_type != "lora":
-            problems.append("quantization ('quantization_bit') is only supported with finetuning_type lora.")
+        _check_quantization(cfg, readers, problems)
+    if _reads(readers, "model", "quantization_device_map") and model.quantization_device_map not in (None, "auto"):
+        problems.append(f"'quantization_device_map' is '{model.quantization_device_map}'; the only value is auto "
+                        "(spread a quantized model over the GPUs and the CPU, for inference).")
+    if _reads(readers, "finetune", "ref_model_quantization_bit"):
+        for key in ("ref_model_quantization_bit", "reward_model_quantization_bit"):
+            if getattr(ft, key) not in (None, 4, 8):
+                problems.append(f"'{key}' must be 4 or 8 (bitsandbytes), got {getattr(ft, key)}.")
+
+
+# Bit widths each on-the-fly method quantizes to.
+QUANTIZATION_BITS = {"bnb": (4, 8), "hqq": (1, 2, 3, 4, 8), "eetq": (8,)}
+
+
+def _check_quantization(cfg: RunConfig, readers: frozenset[str], problems: list[str]) -> None:
+    """The rules of a model quantized on the fly (`quantization_bit`), as LLaMA-Factory enforces them."""
+    model, ft = cfg.model, cfg.finetune
+    bits = model.quantization_bit
+    _choice(problems, "quantization_method", model.quantization_method, tuple(QUANTIZATION_BITS))
+    allowed = QUANTIZATION_BITS.get(model.quantization_method, (4, 8))
+    if bits not in allowed:
+        listed = f"{', '.join(map(str, allowed[:-1]))} or {allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
+        problems.append(f"'quantization_bit' must be {listed} with quantization_method "
+                        f"{model.quantization_method}, got {bits}.")
+    if model.quantization_method == "bnb" and bits == 4:
+        _choice(problems, "quantization_type", model.quantization_type, ("nf4", "fp4"))
+    if cfg.command == "export":
+        problems.append("export writes full-precision weights, and adapters cannot be merged into a quantized model: "
+                        "remove quantization_bit (export from the unquantized base; for a smaller file use "
+                        "export_format: gguf with gguf_type: q8_0, or export_quantization_bit for GPTQ).")
+        return
+    if ft.finetuning_type != "lora":
+        problems.append("quantization ('quantization_bit') is only supported with finetuning_type lora.")
+    if model.adapter_name_or_path and len(model.adapter_name_or_path) > 1:
+        problems.append(f"a quantized model takes one adapter, applied on the fly, but adapter_name_or_path names "
+                        f"{len(model.adapter_name_or_path)}: merge them into the unquantized base first (lmforge "
+                        "export without quantization_bit), then load the export with the last one.")
+    if model.resize_vocab:
+        problems.append("'resize_vocab' cannot resize the embeddings of a quantized model; remove quantization_bit "
+                        "or resize_vocab.")
+    if _reads(readers, "model", "merge_adapters") and model.merge_adapters:
+        problems.append("'merge_adapters' cannot merge an adapter into a quantized model: remove merge_adapters (the "
+                        "adapter is applied on the fly), or export the merged model from the unquantized base "
+                        "(lmforge export without quantization_bit) and load that quantized.")
+    training = TRAINING in readers and cfg.train.do_train
+    if training and ft.create_new_adapter and model.adapter_name_or_path:
+        problems.append("'create_new_adapter' merges the given adapter into the model, which a quantized model cannot "
+                        "take: remove create_new_adapter to keep training the adapter, or merge it into the "
+                        "unquantized base first (lmforge export).")
+    if training and model.quantization_device_map == "auto":
+        problems.append("'quantization_device_map: auto' is for inference only; remove it to train (each process "
+                        "trains on its own device).")
 
 
 def _check_training(cfg: RunConfig, problems: list[str]) -> None:

@@ -53,6 +53,7 @@ def load_merged(cfg: RunConfig) -> MergedModel:
     """Load the base model, merge the adapters in order, and fit the tokenizer and generation config."""
     from lmforge.model.adapters import load_adapters
     from lmforge.model.loader import load_model
+    from lmforge.model.quantization import describe, is_quantized
     from lmforge.model.resolve import resolve_model
     from lmforge.model.tokenizer import with_model_path
 
@@ -61,6 +62,12 @@ def load_merged(cfg: RunConfig) -> MergedModel:
     device_map = "auto" if cfg.export.export_device == "auto" else None
     model = load_model(with_model_path(cfg.model, resolved.base), tokenizer, export_dtype(cfg.model.infer_dtype),
                        trainable=False, device_map=device_map)
+    if resolved.adapters and is_quantized(model):
+        raise UserError(
+            f"Cannot merge adapters into '{resolved.base}': it is a quantized model ({describe(model)}), and "
+            "quantized weights cannot take an adapter's delta. Export from the unquantized base model the adapter "
+            "was trained on (model_name_or_path: that model, adapter_name_or_path: the adapter)."
+        )
     if resolved.adapters:
         logger.info(f"Merging {len(resolved.adapters)} adapter(s) into {resolved.base}: {', '.join(resolved.adapters)}")
     model = load_adapters(model, resolved.adapters, resolved.base, merge=True)

@@ -150,6 +150,17 @@ def load_adapters(model, paths: Sequence[str], base: str, *, merge: bool, traina
         return model
     from peft import PeftModel
 
+    from lmforge.model.quantization import describe, is_quantized
+
+    if is_quantized(model):
+        # Quantized weights cannot take an adapter's delta: its one adapter stays unmerged (on the fly).
+        if len(paths) > 1:
+            raise UserError(
+                f"A quantized model ({describe(model)}) takes one adapter, applied on the fly, but "
+                f"{len(paths)} are given ({', '.join(paths)}). Merge them into the unquantized base first "
+                "(lmforge export without quantization_bit), then use the export with its last adapter."
+            )
+        merge = False
     stacked: list[str] = []
     for i, path in enumerate(paths):
         trained_on = read_adapter_config(path).get("base_model_name_or_path") or "an unknown base model"
@@ -183,8 +194,16 @@ def setup_lora(model, model_args: ModelArguments, ft: FinetuningArguments):
     """Attach a LoRA adapter for training: resume the last given adapter or create a new one."""
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
+    from lmforge.model.quantization import describe, is_quantized, prepare_for_training
+
     paths = model_args.adapter_name_or_path or []
     resume = bool(paths) and not ft.create_new_adapter
+    if is_quantized(model):
+        if paths and ft.create_new_adapter:
+            raise UserError(f"create_new_adapter merges the given adapters into the model, and a quantized model "
+                            f"({describe(model)}) cannot be merged into. Remove create_new_adapter to keep training "
+                            "the adapter, or merge it into the unquantized base first (lmforge export).")
+        prepare_for_training(model)
     if paths:
         # Merge every adapter but the one that keeps training (or all of them for a new adapter).
         model = load_adapters(model, paths, model_args.model_name_or_path, merge=True, trainable=resume)
@@ -234,7 +253,12 @@ def init_adapter(model, model_args: ModelArguments, ft: FinetuningArguments, tra
     if not trainable:
         return load_adapters(model, model_args.adapter_name_or_path or [], model_args.model_name_or_path, merge=True)
     from lmforge.model.multimodal import freeze_parts
+    from lmforge.model.quantization import describe, is_quantized
 
+    if ft.finetuning_type != "lora" and is_quantized(model):
+        raise UserError(f"'{model_args.model_name_or_path}' is quantized ({describe(model)}): its weights cannot be "
+                        f"trained directly, only through an adapter. Use finetuning_type: lora (it is "
+                        f"{ft.finetuning_type}).")
     if ft.finetuning_type == "full":
         setup_full(model, ft)
         freeze_parts(model, ft)

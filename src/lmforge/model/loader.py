@@ -1,5 +1,7 @@
 """Load models (weights, dtype, attention, quantization, RoPE scaling) the way users expect from the hub.
 
+Quantization (on the fly or of a checkpoint quantized beforehand) is decided in `model.quantization`.
+
 `model_name_or_path` is a hub id or a local folder; this is the same code path for both, the
 tests just point it at a local tiny model.
 """
@@ -10,6 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
+from lmforge.model.quantization import (
+    check_prequantized,
+    prequantized_method,
+    quantization_config,
+    quantized_device_map,
+    quiet_bitsandbytes,
+    release_checkpoint_file,
+)
 
 if TYPE_CHECKING:
     from lmforge.config import ModelArguments
@@ -64,36 +74,6 @@ def resolve_dtype(name: str | None, fallback: str = "float32"):
     return getattr(torch, name)
 
 
-def quantization_config(model_args: ModelArguments, compute_dtype):
-    """The bitsandbytes config for QLoRA, or a clear error where it cannot run."""
-    if model_args.quantization_bit is None:
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError(
-            f"quantization_bit={model_args.quantization_bit} (QLoRA) needs a CUDA GPU with bitsandbytes; "
-            "this machine has no CUDA device. Remove quantization_bit to train without quantization."
-        )
-    if model_args.quantization_method != "bnb":
-        raise UserError(f"quantization_method '{model_args.quantization_method}' is not supported; use bnb.")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise UserError("quantization_bit needs bitsandbytes: pip install bitsandbytes") from None
-    from transformers import BitsAndBytesConfig
-
-    if model_args.quantization_bit == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_use_double_quant=model_args.double_quantization,
-        bnb_4bit_quant_type=model_args.quantization_type,
-        bnb_4bit_quant_storage=compute_dtype,
-    )
-
-
 def _apply_rope_scaling(config, model_args: ModelArguments, max_length: int | None) -> None:
     """Stretch RoPE so the model covers `max_length` tokens (the factor is max_length / native length)."""
     import math
@@ -138,10 +118,21 @@ def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, de
     except (OSError, ValueError) as err:
         raise UserError(f"Cannot load the model config of '{path}': {str(err).splitlines()[0]}") from None
     kwargs = dict(dtype=dtype, attn_implementation=ATTENTION[model_args.flash_attn], **common)
-    quant = quantization_config(model_args, dtype)
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        kwargs["device_map"] = device_map or {"": _current_device()}
+    prequantized = prequantized_method(config)
+    quant = None
+    if prequantized is not None:
+        check_prequantized(prequantized, path, model_args)
+    else:
+        quant = quantization_config(model_args, dtype)
+        if quant is not None:
+            kwargs["quantization_config"] = quant
+    if prequantized is not None or quant is not None:
+        if model_args.train_from_scratch:
+            raise UserError("train_from_scratch builds random full-precision weights; remove quantization_bit "
+                            "(or use a model that is not quantized).")
+        # Quantized weights are placed as they load; they cannot be moved afterwards.
+        kwargs["device_map"] = device_map if device_map == "auto" else quantized_device_map(model_args, trainable)
+        quiet_bitsandbytes()
     elif device_map is not None:
         kwargs["device_map"] = device_map
     if model_args.rope_scaling:
@@ -154,6 +145,14 @@ def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, de
             model = auto_class.from_pretrained(path, config=config, **kwargs)
         except OSError as err:
             raise UserError(f"Cannot load the model weights of '{path}': {str(err).splitlines()[0]}") from None
+        except (NotImplementedError, ImportError) as err:
+            if prequantized is None and quant is None:
+                raise
+            # transformers' quantizers report what they cannot do on this machine or version here.
+            raise UserError(f"Cannot load '{path}' quantized ({prequantized or model_args.quantization_method}): "
+                            f"{str(err).splitlines()[0]}") from None
+    if quant is not None:
+        release_checkpoint_file(model)
     if model_args.resize_vocab and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     if not trainable:
@@ -162,9 +161,3 @@ def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, de
     else:
         model.config.use_cache = False
     return model
-
-
-def _current_device() -> str:
-    import torch
-
-    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
