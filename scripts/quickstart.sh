@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-LMFORGE=.venv/bin/lmforge
+# The venv of scripts/setup.sh, else the lmforge on PATH (as in the Docker images).
+if [ -x .venv/bin/lmforge ]; then LMFORGE=.venv/bin/lmforge; else LMFORGE=lmforge; fi
 CONFIG=examples/train_lora/tiny_llama_lora_sft.yaml
 
 [ -f models/tiny-llama/config.json ] || $LMFORGE tiny-model models/tiny-llama --arch llama

@@ -28,9 +28,10 @@ def _rows() -> list[tuple[str, str, str]]:
 ROWS = _rows()
 
 
-def test_the_table_lists_working_and_missing_features():
+def test_the_table_lists_features_with_one_of_its_statuses():
     statuses = {status.split(" (")[0] for _, _, status in ROWS}
-    assert {"works", "not available yet"} <= statuses <= {"works", "needs a CUDA GPU", "not available yet"}
+    assert "works" in statuses
+    assert statuses <= {"works", "needs a CUDA GPU", "not available yet"}, statuses
     assert len(ROWS) >= 10
 
 
