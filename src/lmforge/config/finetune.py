@@ -93,6 +93,15 @@ class FinetuningArguments:
     disable_shuffling: bool = field(
         default=False, metadata={"help": "Keep the training data in order.", "read_by": (TRAINING,)}
     )
+    trained_logits_only: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the output head and the loss only at trained (labelled) positions, in chunks: the same "
+            "loss with less memory and time (sft and pt on Llama, Mistral, Qwen2/3, Phi-3, Gemma; single process "
+            "or DDP). false: logits for every position, as transformers does.",
+            "read_by": (TRAINING,),
+        },
+    )
     early_stopping_steps: int | None = field(
         default=None, metadata={"help": "Stop after N evaluations without progress.", "read_by": (TRAINING,)}
     )

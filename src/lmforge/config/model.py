@@ -56,8 +56,13 @@ class ModelArguments:
         default="auto",
         metadata={"help": "Attention kernel: auto, disabled (eager), sdpa, fa2 or fa3.", "read_by": (MODEL,)},
     )
-    disable_gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Turn gradient checkpointing off.", "read_by": (TRAINING,)}
+    disable_gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Turn gradient checkpointing off (true) or on (false). Unset: for sft and pt, on only when a full "
+            "batch's activations would take over half the memory left after the model; other stages, on.",
+            "read_by": (TRAINING,),
+        },
     )
     use_reentrant_gc: bool = field(
         default=True, metadata={"help": "Use reentrant gradient checkpointing.", "read_by": (TRAINING,)}

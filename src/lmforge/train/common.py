@@ -33,8 +33,8 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
 
     trainable = cfg.train.do_train
     model = load_model(cfg.model, tokenizer, compute_dtype(cfg), trainable=trainable, max_length=cfg.data.cutoff_len)
-    if trainable and not cfg.model.disable_gradient_checkpointing:
-        # Recompute activations in the backward pass: much less memory for a little more compute.
+    if trainable and use_checkpointing(cfg, model):
+        # Recompute activations in the backward pass: much less memory for about a third more compute.
         options = {"use_reentrant": cfg.model.use_reentrant_gc}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
@@ -55,6 +55,51 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
         for name, param in model.named_parameters():
             print(f"name: {name}, dtype: {param.dtype}, device: {param.device}, trainable: {param.requires_grad}")
     return model
+
+
+# Share of the memory left after the model (and its trainable states) that the activations may take before
+# checkpointing is switched on by itself: the rest is for the batch, the loss, the allocator's slack.
+ACTIVATION_SHARE = 0.5
+AUTO_CHECKPOINTING_STAGES = ("sft", "pt")
+
+
+def use_checkpointing(cfg: RunConfig, model) -> bool:
+    """Whether to recompute activations: the user's `disable_gradient_checkpointing` when set; otherwise (sft
+    and pt) only when a full batch's activations would not fit comfortably in the memory left."""
+    setting = cfg.model.disable_gradient_checkpointing
+    if setting is not None:
+        return not setting
+    if cfg.finetune.stage not in AUTO_CHECKPOINTING_STAGES:
+        return True  # pairs, reference and value models: LLaMA-Factory's default, on
+    import os
+
+    import torch
+
+    from lmforge.model.memory import activation_bytes, free_memory, gib
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    free = free_memory(device)
+    if free is None:
+        return True
+    if device == "cpu":  # the processes of one machine share its memory
+        free //= max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    params = list(model.parameters())
+    dtype_bytes = params[0].element_size() if params else 4
+    if device != "cpu":  # the weights are still in host memory; on the GPU they will take their share
+        free -= sum(p.numel() * p.element_size() for p in params)
+    if cfg.finetune.finetuning_type != "lora":
+        # Gradients and Adam's two moments of every trainable weight (float32), not yet allocated.
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        free -= trainable * 12
+    tokens = cfg.train.per_device_train_batch_size * cfg.data.cutoff_len
+    need = activation_bytes(model.config, tokens, dtype_bytes, eager_attention=cfg.model.flash_attn == "disabled",
+                            seq_len=cfg.data.cutoff_len)
+    on = need > ACTIVATION_SHARE * max(free, 0)
+    logger.info(
+        f"Gradient checkpointing {'on' if on else 'off'}: a {cfg.train.per_device_train_batch_size} x "
+        f"{cfg.data.cutoff_len}-token batch keeps about {gib(need)} of activations, with {gib(max(free, 0))} free "
+        f"on the {device} (set disable_gradient_checkpointing to choose).")
+    return on
 
 
 def training_callbacks(cfg: RunConfig, resume_from: str | None, extra=()) -> list:

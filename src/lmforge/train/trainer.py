@@ -103,6 +103,46 @@ class ForgeTrainer(ForgeTrainerMixin, Seq2SeqTrainer):
             return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
         return super()._get_train_sampler(train_dataset)
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs or not self._trained_logits_only(model, inputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        from lmforge.train.loss import supervised_loss
+
+        if not self.model_accepts_loss_kwargs:
+            num_items_in_batch = None  # the loss is then a per-batch mean, as the model's own would be
+        loss = supervised_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # The Trainer's own scaling: num_items_in_batch counts every process's tokens.
+            loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return loss
+
+    def _trained_logits_only(self, model, inputs) -> bool:
+        if not getattr(self, "_supervised_loss_ok", None):
+            self._supervised_loss_ok = self._supervised_loss_possible()
+        return (self._supervised_loss_ok == "yes" and model.training and "labels" in inputs
+                and self.label_smoother is None and self.compute_loss_func is None)
+
+    def _supervised_loss_possible(self) -> str:
+        """ "yes" when the supervised-positions loss is on and exact for this run's model and parallelism."""
+        from lmforge.train.loss import applies
+
+        if self.finetuning_args is None or not self.finetuning_args.trained_logits_only:
+            return "no"
+        # FSDP and ZeRO-3 gather the output head's weights inside the model's forward only.
+        if self.is_fsdp_enabled or (self.is_deepspeed_enabled and _zero_stage(self) == 3):
+            return "no"
+        return "yes" if applies(self.model) else "no"
+
+    def floating_point_ops(self, inputs) -> int:
+        # The Trainer's count walks every parameter on every step (a few ms on a small model); the number of
+        # non-embedding parameters does not change during training, so it is counted once.
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+            return 0
+        if getattr(self, "_non_embedding_parameters", None) is None:
+            self._non_embedding_parameters = self.model.num_parameters(exclude_embeddings=True)
+        return 6 * inputs[main_input].numel() * self._non_embedding_parameters
+
     def _track_num_input_tokens(self, inputs):
         # The Trainer sums attention_mask, which is wrong for packed batches: neat packing replaces it
         # with an additive 4D float mask, and plain packing marks each block's padding tail with 1.
@@ -122,6 +162,11 @@ class ForgeTrainer(ForgeTrainerMixin, Seq2SeqTrainer):
             return super()._track_num_input_tokens(inputs)
         real = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
         self.state.num_input_tokens_seen += self.accelerator.gather(real).sum().item()
+
+
+def _zero_stage(trainer) -> int | None:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return getattr(plugin, "zero_stage", None) if plugin is not None else None
 
 
 def _loraplus_optimizer(trainer, model, ratio: float):

@@ -1,0 +1,196 @@
+"""The same training YAML through `lmforge train` and LLaMA-Factory's `llamafactory-cli train`, side by side.
+
+Run (from the repository root), after `bash ../shared/peer/install_llamafactory.sh` (LLaMA-Factory 0.9.5 in
+its own virtual environment, by default under ~/.cache/llamafactory-peer):
+
+    .venv/bin/python benchmarks/compare_llamafactory.py --model tiny --out benchmarks/results/compare_lf_tiny_cpu.json
+    .venv/bin/python benchmarks/compare_llamafactory.py --model 0.5b --repeats 1 \
+        --out benchmarks/results/compare_lf_0.5b_cpu.json
+
+Both tools read one YAML file, written once per model: LLaMA-Factory's own keys only (a LoRA SFT run on
+the bundled identity and alpaca_en_demo data (221 rows), cutoff 1024, seed 42; the tiny model 4 epochs at
+batch 4, the 0.5b one the first 8 rows of each dataset for one epoch at batch 1), so the data, its order and
+the hyper-parameters are the same. Gradient checkpointing is left unset, so each tool takes its own
+default. Each run is a child process; the runs alternate (lmforge, LLaMA-Factory, lmforge, ...) for
+`--repeats` rounds so that a change in the machine's load hits both, and the fastest run of each is kept.
+
+Reported per tool: train_runtime (the Trainer's own timing of the training loop, without model loading
+and tokenization), tokens/s (the non-padding tokens the Trainer counted, over train_runtime), peak RSS
+of the whole child process (`os.wait4`), the final train_loss and the wall time of the whole command.
+The ratios are lmforge over LLaMA-Factory for speed (higher is better) and for memory (lower is better).
+
+The tiny model is built by `lmforge tiny-model` (a 4-layer Llama, hidden 128, vocabulary 4096); `0.5b`
+is Qwen2.5-0.5B's shape with random weights (about 2 GB on disk, in a temporary folder deleted afterwards).
+Extra YAML keys for both tools: `--set key=value` (repeatable), e.g. `--set bf16=true`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PEER = Path(os.environ.get("LLAMAFACTORY_PEER", Path.home() / ".cache" / "llamafactory-peer"))
+
+# model -> (tiny-model arguments, template, batch size, max samples per dataset, epochs)
+MODELS = {
+    "tiny": (["--arch", "llama"], "llama3", 4, 1000, 4),
+    "0.5b": (["--arch", "qwen2", "--size", "0.5b"], "qwen", 1, 8, 1),
+}
+
+
+def write_yaml(path: Path, model_dir: Path, output_dir: Path, template: str, batch: int, max_samples: int,
+               epochs: int, extra: dict[str, str]) -> None:
+    keys = {
+        "model_name_or_path": str(model_dir),
+        "trust_remote_code": "false",
+        "stage": "sft",
+        "do_train": "true",
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "lora_rank": "8",
+        "dataset": "identity,alpaca_en_demo",
+        "dataset_dir": str(REPO / "data"),
+        "template": template,
+        "cutoff_len": "1024",
+        "max_samples": str(max_samples),
+        "overwrite_cache": "true",
+        "preprocessing_num_workers": "1",
+        "output_dir": str(output_dir),
+        "logging_steps": "10",
+        "save_strategy": "\"no\"",
+        "overwrite_output_dir": "true",
+        "report_to": "none",
+        "per_device_train_batch_size": str(batch),
+        "gradient_accumulation_steps": "1",
+        "learning_rate": "1.0e-4",
+        "num_train_epochs": str(float(epochs)),
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": "0.1",
+        "seed": "42",
+        "include_num_input_tokens_seen": "true",
+    }
+    keys.update(extra)
+    path.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()), encoding="utf-8")
+
+
+def run_tool(name: str, command: list[str], output_dir: Path, log: Path, threads: int | None) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", CUDA_VISIBLE_DEVICES="",
+               TRANSFORMERS_OFFLINE="1", DISABLE_VERSION_CHECK="1", WANDB_DISABLED="true")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        raise SystemExit(f"{name} failed with exit code {code}; the end of {log}:\n" + "\n".join(tail))
+    results = json.loads((output_dir / "train_results.json").read_text(encoding="utf-8"))
+    state = json.loads((output_dir / "trainer_state.json").read_text(encoding="utf-8"))
+    tokens = state.get("num_input_tokens_seen") or results.get("num_input_tokens_seen") or 0
+    runtime = results["train_runtime"]
+    return {
+        "train_runtime_s": runtime,
+        "tokens": tokens,
+        "tokens_per_s": tokens / runtime if runtime else None,
+        "train_loss": results.get("train_loss"),
+        "peak_rss_mib": usage.ru_maxrss / 1024,  # KiB on Linux
+        "wall_s": wall,
+        "steps": state.get("global_step"),
+    }
+
+
+def compare(args, model_key: str, work: Path) -> dict:
+    arch_args, template, batch, max_samples, epochs = MODELS[model_key]
+    batch = args.batch_size or batch
+    max_samples = args.max_samples or max_samples
+    model_dir = work / f"model-{model_key}"
+    if not model_dir.exists():
+        subprocess.run([str(REPO / ".venv/bin/lmforge"), "tiny-model", str(model_dir), *arch_args], check=True,
+                       stdout=subprocess.DEVNULL)
+    extra = dict(item.split("=", 1) for item in args.set)
+    runs: dict[str, list[dict]] = {"lmforge": [], "llamafactory": []}
+    for tool in runs:
+        yaml = work / f"{model_key}-{tool}.yaml"
+        write_yaml(yaml, model_dir, work / f"out-{tool}", template, batch, max_samples, epochs, extra)
+    for round_ in range(args.repeats):
+        for tool, exe in (("lmforge", REPO / ".venv/bin/lmforge"), ("llamafactory", args.peer / "venv/bin/llamafactory-cli")):
+            yaml = work / f"{model_key}-{tool}.yaml"
+            result = run_tool(tool, [str(exe), "train", str(yaml)], work / f"out-{tool}",
+                              work / f"{model_key}-{tool}-{round_}.log", args.threads)
+            runs[tool].append(result)
+            print(f"  {model_key} round {round_ + 1} {tool}: {result['train_runtime_s']:.1f} s, "
+                  f"{result['peak_rss_mib']:.0f} MiB, loss {result['train_loss']:.4f}", flush=True)
+    best = {tool: min(results, key=lambda r: r["train_runtime_s"]) for tool, results in runs.items()}
+    lm, lf = best["lmforge"], best["llamafactory"]
+    return {
+        "model": model_key, "batch_size": batch, "max_samples": max_samples, "epochs": epochs, "extra_keys": extra,
+        "runs": runs, "best": best,
+        "speedup_train_runtime": lf["train_runtime_s"] / lm["train_runtime_s"],
+        "tokens_per_s_ratio": (lm["tokens_per_s"] / lf["tokens_per_s"]) if lm["tokens_per_s"] and lf["tokens_per_s"]
+        else None,
+        "peak_rss_ratio": lm["peak_rss_mib"] / lf["peak_rss_mib"],
+        "loss_difference": lm["train_loss"] - lf["train_loss"],
+    }
+
+
+def render(report: dict) -> str:
+    lines = [f"load average at start {report['loadavg_start']}, at end {report['loadavg_end']}", "",
+             "| model | tool | train_runtime s | tokens/s | peak RSS MiB | train_loss |", "|---|---|---|---|---|---|"]
+    for result in report["results"]:
+        for tool in ("lmforge", "llamafactory"):
+            r = result["best"][tool]
+            tps = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
+            lines.append(f"| {result['model']} | {tool} | {r['train_runtime_s']:.1f} | {tps} | "
+                         f"{r['peak_rss_mib']:.0f} | {r['train_loss']:.4f} |")
+    lines.append("")
+    for result in report["results"]:
+        lines.append(f"{result['model']}: speed x{result['speedup_train_runtime']:.2f} (train_runtime), "
+                     f"peak RSS x{result['peak_rss_ratio']:.2f}, loss difference {result['loss_difference']:+.4f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=[*MODELS, "all"], default="tiny")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-samples", type=int)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an extra YAML key for both")
+    parser.add_argument("--peer", type=Path, default=DEFAULT_PEER, help="LLaMA-Factory's install folder")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--render", type=Path, help="print the tables of a saved result file")
+    args = parser.parse_args()
+    if args.render:
+        print(render(json.loads(args.render.read_text(encoding="utf-8"))))
+        return
+    if not (args.peer / "venv/bin/llamafactory-cli").exists():
+        raise SystemExit(f"LLaMA-Factory is not installed in {args.peer}: run ../shared/peer/install_llamafactory.sh")
+    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or
+              platform.machine(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+              "python": sys.version.split()[0], "results": []}
+    with tempfile.TemporaryDirectory(prefix="lmforge-vs-lf-") as tmp:
+        for model_key in (MODELS if args.model == "all" else [args.model]):
+            report["results"].append(compare(args, model_key, Path(tmp)))
+    report["loadavg_end"] = os.getloadavg()
+    print(render(report))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""`trained_logits_only`: the loss at the supervised positions equals transformers' loss, gradients included."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.train.conftest import tiny_args, train
+
+
+def _lora_model(model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    config = LoraConfig(r=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    model = get_peft_model(model, config)
+    model.train()
+    return model
+
+
+def _batch():
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(10, 4000, (3, 24), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 18:] = 0  # right padding
+    attention_mask[2, 9:] = 0
+    labels = input_ids.clone()
+    labels[0, :10] = -100  # prompts
+    labels[1, :5] = -100
+    labels[1, 18:] = -100
+    labels[2, :] = -100  # a row with nothing to learn
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _loss_and_grads(model, compute):
+    model.zero_grad()
+    loss = compute()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("arch_fixture", ["tiny_llama_dir", "tiny_qwen_dir"])
+@pytest.mark.parametrize("num_items", [None, 40])
+@pytest.mark.parametrize("chunk_rows", [None, 4])
+def test_the_loss_and_gradients_match_transformers(arch_fixture, num_items, chunk_rows, request, monkeypatch):
+    import torch
+
+    from lmforge.train import loss as loss_module
+
+    model = _lora_model(request.getfixturevalue(arch_fixture))
+    if chunk_rows:  # chunks of 4 rows, each recomputed in the backward pass
+        monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", chunk_rows * model.config.vocab_size)
+    batch = _batch()
+    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    expected, expected_grads = _loss_and_grads(model, lambda: model(**batch, **kwargs).loss)
+    rows_seen = []
+    hook = model.get_base_model().lm_head.register_forward_hook(
+        lambda _m, args, _out: rows_seen.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    got, got_grads = _loss_and_grads(model, lambda: loss_module.supervised_loss(model, batch, kwargs.get(
+        "num_items_in_batch")))
+    hook.remove()
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (got, expected)
+    assert got_grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        assert torch.allclose(got_grads[name], grad, rtol=1e-4, atol=1e-6), name
+    # The head ran on one position per row (the model's own logits), then on the 14 + 13 supervised
+    # positions only (row 0 predicts tokens 10..23, row 1 tokens 5..17), not on all 3 x 24.
+    if chunk_rows:  # 4-row chunks, run again in the backward pass (all but the 3-row tail)
+        assert rows_seen[0] == 3 and max(rows_seen[1:]) == 4 and sum(rows_seen[1:]) == 27 + 24  # the 3-row tail is under the size, kept
+    else:
+        assert rows_seen == [3, 27]
+
+def test_models_with_other_logits_keep_the_transformers_loss(tiny_vl_dir):
+    from transformers import AutoConfig, Gemma2Config
+
+    from lmforge.train.loss import applies
+
+    class Holder:
+        def __init__(self, config):
+            self.config = config
+
+    assert not applies(Holder(Gemma2Config(final_logit_softcapping=30.0)))
+    assert not applies(Holder(AutoConfig.from_pretrained(str(tiny_vl_dir))))
+
+
+def _losses(output_dir) -> list[float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_training_logs_the_same_losses_with_and_without_it(tiny_llama_dir, tmp_path, one_thread):
+    runs = {}
+    for value in ("true", "false"):
+        out = tmp_path / value
+        train(*tiny_args(tiny_llama_dir, out, trained_logits_only=value, gradient_accumulation_steps=2,
+                         max_steps=3))
+        runs[value] = _losses(out)
+    assert len(runs["true"]) == 3
+    assert runs["true"] == pytest.approx(runs["false"], rel=1e-4)
