@@ -16,7 +16,7 @@ class UserError(Exception):
     exit_code = 1
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     """Return ' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return f" Did you mean '{matches[0]}'?" if matches else ""

@@ -212,3 +212,22 @@ def test_flat_dict_round_trip():
     again = parse_config("train", values=flat)
     assert again.to_flat_dict() == flat
     assert cfg.to_flat_dict(only_set=True)["lora_rank"] == 4
+
+
+@pytest.mark.parametrize("key, message", [
+    ("use_dft_loss", "'use_dft_loss' belongs to the DFT loss (use_dft_loss), a LLaMA-Factory feature that lmforge "
+                     "does not have yet; remove it."),
+    ("badam_mode", "'badam_mode' belongs to BAdam (use_badam), a LLaMA-Factory feature that lmforge does not have "
+                   "yet; remove it."),
+    ("fp8_backend", "'fp8_backend' belongs to FP8 training (fp8), a LLaMA-Factory feature that lmforge does not "
+                    "have yet; remove it."),
+    # Shares '_num_workers' with dataloader_num_workers (0.6 alike), but is no typo of it.
+    ("tokenizer_num_workers", "unknown key 'tokenizer_num_workers'. See `lmforge train --help` for the valid keys."),
+])
+def test_unknown_keys_get_their_feature_or_only_a_close_suggestion(key, message):
+    from lmforge.config import parse_config
+
+    with pytest.raises(UserError) as err:
+        parse_config("train", [f"{key}=1", "model_name_or_path=x", "stage=sft", "do_train=true", "dataset=identity",
+                               "output_dir=/tmp/lmforge-parser-test"])
+    assert str(err.value) == f"Config error: {message}"

@@ -30,7 +30,7 @@ from lmforge.config.run import (
     reads,
 )
 from lmforge.config.train import trainer_keys
-from lmforge.config.validate import UNSUPPORTED_SWITCHES, finalize
+from lmforge.config.validate import UNSUPPORTED_SWITCHES, finalize, missing_feature
 from lmforge.errors import UserError, did_you_mean
 from lmforge.utils.logging import get_logger
 
@@ -273,7 +273,11 @@ def _unknown_key_message(key: str, command: str, index: dict[str, str], hf_keys:
     for group, cls in GROUPS.items():
         if group not in COMMAND_GROUPS[command] and key in {f.name for f in fields(cls)}:
             return f"'{key}' is a {GROUP_TITLES[group]} setting that `lmforge {command}` does not use; remove it."
-    hint = did_you_mean(key, [*index, *sorted(hf_keys)])
+    feature = missing_feature(key)
+    if feature:
+        return f"'{key}' belongs to {feature}, a LLaMA-Factory feature that lmforge does not have yet; remove it."
+    # Keys share long words (_num_workers, _backend, _loss): only a near spelling is a likely typo.
+    hint = did_you_mean(key, [*index, *sorted(hf_keys)], cutoff=0.75)
     return f"unknown key '{key}'.{hint or ' See `lmforge ' + command + ' --help` for the valid keys.'}"
 
 

@@ -49,6 +49,34 @@ UNSUPPORTED_SWITCHES = (
     "use_swanlab",
 )
 
+# Keys (or key prefixes) of LLaMA-Factory features lmforge does not have: an unknown key among them is
+# named as its feature, rather than given a look-alike key that does something else.
+MISSING_FEATURES = {
+    "galore_": "GaLore (use_galore)",
+    "apollo_": "APOLLO (use_apollo)",
+    "badam_": "BAdam (use_badam)",
+    "muon_": "Muon (use_muon)",
+    "oft_": "OFT fine-tuning (finetuning_type: oft)",
+    "module_dropout": "OFT fine-tuning (finetuning_type: oft)",
+    "pissa_": "PiSSA initialisation (pissa_init)",
+    "use_dft_loss": "the DFT loss (use_dft_loss)",
+    "use_asft_loss": "the ASFT loss (use_asft_loss)",
+    "asft_": "the ASFT loss (use_asft_loss)",
+    "use_eaft_loss": "the EAFT loss (use_eaft_loss)",
+    "eaft_": "the EAFT loss (use_eaft_loss)",
+    "fp8": "FP8 training (fp8)",
+    "unsloth_": "Unsloth (use_unsloth)",
+    "liger_": "Liger kernels (enable_liger_kernel)",
+}
+
+
+def missing_feature(key: str) -> str | None:
+    """The LLaMA-Factory feature `key` belongs to, when lmforge lacks it."""
+    for prefix, feature in MISSING_FEATURES.items():
+        if key == prefix or (prefix.endswith("_") or prefix == "fp8") and key.startswith(prefix):
+            return feature
+    return None
+
 
 def finalize(cfg: RunConfig, template_names: Collection[str] | None = None) -> list[str]:
     """Fill derived defaults and return every cross-field problem found (empty when valid).
