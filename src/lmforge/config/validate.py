@@ -65,6 +65,7 @@ MISSING_FEATURES = {
     "use_eaft_loss": "the EAFT loss (use_eaft_loss)",
     "eaft_": "the EAFT loss (use_eaft_loss)",
     "fp8": "FP8 training (fp8)",
+    "fp8_": "FP8 training (fp8)",
     "unsloth_": "Unsloth (use_unsloth)",
     "liger_": "Liger kernels (enable_liger_kernel)",
 }
@@ -73,7 +74,7 @@ MISSING_FEATURES = {
 def missing_feature(key: str) -> str | None:
     """The LLaMA-Factory feature `key` belongs to, when lmforge lacks it."""
     for prefix, feature in MISSING_FEATURES.items():
-        if key == prefix or (prefix.endswith("_") or prefix == "fp8") and key.startswith(prefix):
+        if key == prefix or (prefix.endswith("_") and key.startswith(prefix)):
             return feature
     return None
 

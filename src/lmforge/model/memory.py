@@ -31,22 +31,9 @@ def free_memory(device_type: str) -> int | None:
             return torch.cuda.mem_get_info()[0]
         except RuntimeError:
             return None
-    try:
-        import psutil
-    except ImportError:
-        return _meminfo_available()
+    import psutil  # a dependency of accelerate, so always installed with transformers' Trainer
+
     return psutil.virtual_memory().available
-
-
-def _meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def gib(n: float) -> str:

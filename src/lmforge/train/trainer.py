@@ -96,6 +96,9 @@ class ForgeTrainerMixin:
 class ForgeTrainer(ForgeTrainerMixin, Seq2SeqTrainer):
     """Seq2SeqTrainer with lmforge's checkpoints, LoRA+, `disable_shuffling` and packed-batch token counts."""
 
+    _supervised_loss_ok: bool | None = None
+    _non_embedding_parameters: int | None = None
+
     def _get_train_sampler(self, train_dataset=None):
         if self.finetuning_args is not None and self.finetuning_args.disable_shuffling:
             import torch
@@ -117,21 +120,21 @@ class ForgeTrainer(ForgeTrainerMixin, Seq2SeqTrainer):
         return loss
 
     def _trained_logits_only(self, model, inputs) -> bool:
-        if not getattr(self, "_supervised_loss_ok", None):
+        if self._supervised_loss_ok is None:  # decided once: the model and the parallelism do not change
             self._supervised_loss_ok = self._supervised_loss_possible()
-        return (self._supervised_loss_ok == "yes" and model.training and "labels" in inputs
+        return (self._supervised_loss_ok and model.training and "labels" in inputs
                 and self.label_smoother is None and self.compute_loss_func is None)
 
-    def _supervised_loss_possible(self) -> str:
-        """ "yes" when the supervised-positions loss is on and exact for this run's model and parallelism."""
+    def _supervised_loss_possible(self) -> bool:
+        """Whether the supervised-positions loss is on and exact for this run's model and parallelism."""
         from lmforge.train.loss import applies
 
         if self.finetuning_args is None or not self.finetuning_args.trained_logits_only:
-            return "no"
+            return False
         # FSDP and ZeRO-3 gather the output head's weights inside the model's forward only.
         if self.is_fsdp_enabled or (self.is_deepspeed_enabled and _zero_stage(self) == 3):
-            return "no"
-        return "yes" if applies(self.model) else "no"
+            return False
+        return applies(self.model)
 
     def floating_point_ops(self, inputs) -> int:
         # The Trainer's count walks every parameter on every step (a few ms on a small model); the number of
@@ -139,7 +142,7 @@ class ForgeTrainer(ForgeTrainerMixin, Seq2SeqTrainer):
         main_input = getattr(self.model, "main_input_name", "input_ids")
         if main_input not in inputs or not hasattr(self.model, "num_parameters"):
             return 0
-        if getattr(self, "_non_embedding_parameters", None) is None:
+        if self._non_embedding_parameters is None:
             self._non_embedding_parameters = self.model.num_parameters(exclude_embeddings=True)
         return 6 * inputs[main_input].numel() * self._non_embedding_parameters
 
