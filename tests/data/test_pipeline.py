@@ -216,6 +216,29 @@ def test_pt_packing_makes_full_blocks_and_counts_the_tail(tiny_llama_dir):
     assert module.summary_lines() == ["packing: 17 tokens after the last full block were not used"]
 
 
+@pytest.mark.parametrize("workers", [2, 4])
+def test_pt_packing_does_not_depend_on_the_worker_count(tiny_llama_dir, workers):
+    # Small map batches spread over workers: each batch's tail carries over to the next block.
+    _, single = build(tiny_llama_dir, "dataset=pretrain_demo", "stage=pt", "cutoff_len=32")
+    _, parallel = build(tiny_llama_dir, "dataset=pretrain_demo", "stage=pt", "cutoff_len=32",
+                        f"preprocessing_num_workers={workers}", "preprocessing_batch_size=7", "overwrite_cache=true")
+    assert list(parallel.train_dataset["input_ids"]) == list(single.train_dataset["input_ids"])
+    assert parallel.packing_dropped_tokens == single.packing_dropped_tokens == 17
+
+
+def test_pt_packing_without_one_full_block_says_so(tiny_llama_dir):
+    tokenizer, module = build(tiny_llama_dir, "dataset=pretrain_demo", "stage=pt", "cutoff_len=32")
+    total = len(module.train_dataset) * 32 + 17
+    with pytest.raises(UserError) as caught:
+        build(tiny_llama_dir, "dataset=pretrain_demo", "stage=pt", f"cutoff_len={total + 1}",
+              "preprocessing_num_workers=2", "preprocessing_batch_size=16")
+    assert str(caught.value) == (
+        f"No valid training samples are left after tokenization (cutoff_len {total + 1}): the 60 rows give {total} "
+        "tokens, fewer than one packed block, so lower cutoff_len or add text. "
+        "Run `lmforge data check` on this config for details."
+    )
+
+
 # ---- tokenized_path -----------------------------------------------------------------------------
 
 

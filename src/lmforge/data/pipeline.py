@@ -102,7 +102,17 @@ def tokenize_split(dataset, data_args: DataArguments, processor, report: DropRep
     else:
         # A streamed map wants Python lists back, not the pyarrow table that `processor(batch)` gives.
         kwargs.update(batch_size=data_args.preprocessing_batch_size, features=processor.features)
+    packing_pass = not streaming and getattr(processor, "packing", False) and hasattr(processor, "defer_packing")
+    if packing_pass:
+        processor.defer_packing = True  # tokenize in parallel, pack below in one ordered pass
     tokenized = dataset.map(processor.process if streaming else processor, **kwargs)
+    if packing_pass:
+        from lmforge.data.processors.pretrain import BlockPacker
+
+        tokenized = tokenized.map(
+            BlockPacker(processor, len(tokenized)), batched=True, with_indices=True, batch_size=kwargs["batch_size"],
+            features=processor.features, load_from_cache_file=False, desc=f"Packing {name}",
+        )
     dropped_tokens = 0
     if not streaming and DROPPED_TOKENS in tokenized.column_names:
         dropped_tokens = dropped_tail_tokens(tokenized)
@@ -156,6 +166,9 @@ def _get_dataset(cfg: RunConfig, tokenizer, template, stage: str | None, generat
         module.packing_dropped_tokens += dropped
         if not data.streaming and len(tokenized[name]) == 0:
             details = "; ".join(module.report.summary_lines()) or "no rows were loaded"
+            if dropped:  # every row was read; together they do not fill one block
+                details = "; ".join([f"the {len(dataset)} rows give {dropped} tokens, fewer than one packed block, so "
+                                     "lower cutoff_len or add text", *module.report.summary_lines()])
             raise UserError(
                 f"No valid {'training' if name == TRAIN_SPLIT else 'evaluation'} samples are left after tokenization "
                 f"(cutoff_len {data.cutoff_len}): {details}. Run `lmforge data check` on this config for details."

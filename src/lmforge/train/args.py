@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from transformers import Seq2SeqTrainingArguments
 
 from lmforge.errors import UserError
+from lmforge.utils import hardware
 from lmforge.utils.secrets import is_secret
 
 if TYPE_CHECKING:
@@ -87,18 +88,10 @@ def build_training_args(cfg: RunConfig, resume_from: str | None, args_class: typ
     if cfg.finetune.pure_bf16:
         kwargs["bf16"] = False  # the weights are already bf16: no autocast on top
     if not torch.cuda.is_available():
-        if train.bf16 or train.fp16:
-            # CPU autocast in fp16 is unsupported and bf16 autocast is slow; say so instead of failing deep inside.
-            if train.fp16:
-                raise UserError("fp16 needs a CUDA GPU; this machine has none. Remove fp16 (or use bf16).")
-            if not _cpu_has_bf16():
-                from lmforge.utils.logging import get_logger
-
-                get_logger(__name__).warning(
-                    "bf16 on this CPU is emulated (about 30x slower than fp32 in lmforge's benchmark); "
-                    "remove bf16 to train in fp32."
-                )
-        if not _other_accelerator():
+        if train.fp16:
+            # CPU autocast in fp16 is unsupported; say so instead of failing deep inside.
+            raise UserError("fp16 needs a CUDA GPU; this machine has none. Remove fp16 (or use bf16).")
+        if not hardware.other_accelerator():
             # A CPU-only machine: transformers refuses bf16 (every LLaMA-Factory example sets it) unless told so.
             kwargs["use_cpu"] = True
         kwargs.setdefault("dataloader_pin_memory", False)
@@ -149,21 +142,3 @@ def _check_reporters(report_to) -> None:
             continue  # transformers validates the remaining names itself
         if importlib.util.find_spec(package) is None:
             raise UserError(f"report_to: {name} needs the '{package}' package: pip install {package}")
-
-
-def _other_accelerator() -> bool:
-    """An Apple (mps) or Intel (xpu) GPU, which transformers uses when use_cpu is off."""
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return bool((mps and mps.is_available()) or (xpu and xpu.is_available()))
-
-
-def _cpu_has_bf16() -> bool:
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False

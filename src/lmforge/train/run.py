@@ -23,6 +23,7 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     from lmforge.train import engines, zero3
 
     engines.check(cfg)
+    choose_cpu_precision(cfg)
     distributed.init(cfg.train.ddp_timeout)
     resume_from = _prepare_output_dir(cfg, prepare_output_dir, distributed)
     from transformers import set_seed
@@ -39,6 +40,25 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
 
             raise UserError(f"Another rank stopped, so this one ({os.environ.get('RANK', '?')}) stops too: "
                             f"{str(err).splitlines()[0][:200]}") from None
+
+
+def choose_cpu_precision(cfg: RunConfig) -> None:
+    """On a CPU-only machine, keep `bf16` only where the CPU computes it natively; say which in one line.
+
+    LLaMA-Factory's configs all set `bf16: true` for GPUs; emulated bf16 on a CPU is about 30x slower
+    than float32, so such a run trains in float32 instead (`pure_bf16`, asked for explicitly, stays).
+    """
+    from lmforge.utils import hardware
+
+    if not cfg.train.bf16 or cfg.finetune.pure_bf16 or not hardware.cpu_only():
+        return
+    from lmforge.utils.logging import get_logger
+
+    if hardware.cpu_has_bf16():
+        get_logger(__name__).info("bf16: this CPU computes bf16 natively (AVX512-BF16 or AMX); training in bf16.")
+        return
+    cfg.train.bf16 = False
+    get_logger(__name__).info("bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); training in float32 instead.")
 
 
 def _prepare_output_dir(cfg: RunConfig, prepare, distributed) -> str | None:

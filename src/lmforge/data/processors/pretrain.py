@@ -21,10 +21,16 @@ class PretrainProcessor(Processor):
     """`input_ids`, `attention_mask`, `_dataset`, `_row`, `_drop` (+ `_dropped_tokens` when packing).
 
     Without packing there is one row per input row, cut to cutoff_len. With packing (the pt default)
-    a batch's texts are concatenated and cut into cutoff_len blocks (`_dataset=""`, `_row=-1`); the
-    tail that does not fill a block is dropped and reported by one `packing_remainder` row whose
+    the texts are concatenated and cut into cutoff_len blocks (`_dataset=""`, `_row=-1`); the tail
+    that does not fill a block is dropped and reported by one `packing_remainder` row whose
     `_dropped_tokens` holds its token count.
+
+    A map over a whole dataset tokenizes in parallel with `defer_packing` set (one untruncated row
+    per text) and then packs all rows in order with `BlockPacker`, so the blocks, and the one tail
+    left out, do not depend on how many workers tokenized. A stream packs each batch on its own.
     """
+
+    defer_packing = False
 
     model_columns = ("input_ids", "attention_mask")
 
@@ -74,7 +80,18 @@ class PretrainProcessor(Processor):
                 self._add_row(out, dataset, row, input_ids=ids, attention_mask=[1] * len(ids))
             return out
 
-        tokens = [token for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"] for token in ids]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if self.defer_packing:
+            for (dataset, row), ids in zip(kept, encoded, strict=True):
+                self._add_row(out, dataset, row, input_ids=ids, attention_mask=[])
+            return out
+        tokens = [token for ids in encoded for token in ids]
+        rest = self.add_blocks(out, tokens)
+        self.add_remainder(out, len(rest))
+        return out
+
+    def add_blocks(self, out: dict[str, list[Any]], tokens: list[int]) -> list[int]:
+        """Add the full cutoff_len blocks of `tokens` to `out`; return the tokens after the last one."""
         block = self.data_args.cutoff_len
         usable = len(tokens) // block * block
         for start in range(0, usable, block):
@@ -82,7 +99,39 @@ class PretrainProcessor(Processor):
             if self.add_bos:
                 ids[0] = self.tokenizer.bos_token_id
             self._add_row(out, "", -1, input_ids=ids, attention_mask=[1] * block)
-        if usable < len(tokens):
+        return tokens[usable:]
+
+    def add_remainder(self, out: dict[str, list[Any]], count: int) -> None:
+        """Report `count` tokens that fill no block (nothing when there are none)."""
+        if count:
             self._add_drop(out, "", -1, PACKING_REMAINDER)
-            out[DROPPED_TOKENS][-1] = len(tokens) - usable
-        return out
+            out[DROPPED_TOKENS][-1] = count
+
+
+class BlockPacker:
+    """The packing pass over rows tokenized with `defer_packing`: one process, rows in order.
+
+    The tokens after the last full block of a map batch carry over to the next one; only the final
+    tail is left out. Call it with `with_indices=True`: the batch holding the last row flushes.
+    """
+
+    def __init__(self, processor: PretrainProcessor, total_rows: int) -> None:
+        self.processor = processor
+        self.total_rows = total_rows
+        self.carry: list[int] = []
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]], indices: Sequence[int]):
+        import pyarrow as pa
+
+        processor = self.processor
+        out = processor._empty_output()
+        for index in range(len(batch["_drop"])):
+            if batch["_drop"][index]:
+                processor._add_drop(out, batch["_dataset"][index], batch["_row"][index], batch["_drop"][index])
+            else:
+                self.carry.extend(batch["input_ids"][index])
+        self.carry = processor.add_blocks(out, self.carry)
+        if indices and indices[-1] == self.total_rows - 1:
+            processor.add_remainder(out, len(self.carry))
+            self.carry = []
+        return pa.Table.from_pydict(out, schema=processor.features.arrow_schema)

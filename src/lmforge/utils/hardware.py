@@ -1,0 +1,32 @@
+"""What the machine computes natively: the probes that precision and speed defaults are decided from."""
+
+from __future__ import annotations
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AVX512-BF16 or AMX), as oneDNN reports it.
+
+    Without it torch emulates bf16, which lmforge's benchmark measured about 30x slower than float32.
+    """
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def other_accelerator() -> bool:
+    """An Apple (mps) or Intel (xpu) GPU, which transformers uses when `use_cpu` is off."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool((mps and mps.is_available()) or (xpu and xpu.is_available()))
+
+
+def cpu_only() -> bool:
+    """No CUDA, mps or xpu device: training runs on the CPU."""
+    import torch
+
+    return not torch.cuda.is_available() and not other_accelerator()

@@ -1,0 +1,55 @@
+"""`bf16: true` on a CPU-only machine: bf16 where the CPU computes it natively, float32 otherwise, said in one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from lmforge.utils import hardware
+from tests.train.conftest import tiny_args, train
+
+
+class DtypeSeen:
+    """Records the dtype of the base weights each training step computes with."""
+
+    def __init__(self, monkeypatch):
+        from lmforge.train.trainer import ForgeTrainer
+
+        self.dtypes = set()
+        original = ForgeTrainer.compute_loss
+
+        def compute_loss(trainer, model, inputs, *args, **kwargs):
+            self.dtypes.add(model.get_input_embeddings().weight.dtype)
+            return original(trainer, model, inputs, *args, **kwargs)
+
+        monkeypatch.setattr(ForgeTrainer, "compute_loss", compute_loss)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_follows_what_the_cpu_computes(native, monkeypatch, tiny_llama_dir, tmp_path):
+    import torch
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: native)
+    seen = DtypeSeen(monkeypatch)
+    out = tmp_path / "run"
+    records: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("lmforge")  # it does not propagate to pytest's caplog
+    logger.addHandler(handler)
+    try:
+        train(*tiny_args(tiny_llama_dir, out, bf16="true", max_steps=2))
+    finally:
+        logger.removeHandler(handler)
+
+    lines = [line for line in records if line.startswith("bf16:")]
+    if native:
+        assert lines == ["bf16: this CPU computes bf16 natively (AVX512-BF16 or AMX); training in bf16."]
+        assert seen.dtypes == {torch.bfloat16}
+    else:
+        assert lines == ["bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); training in float32 instead."]
+        assert seen.dtypes == {torch.float32}
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
