@@ -54,7 +54,7 @@ CASES = [
     ("misspelt template", ["train", *TRAIN, "dataset=good", "template=lama3"], 1, "lmforge train: error: Config "
      "error: unknown template 'lama3'. Did you mean 'llama3'? Run `lmforge templates` to list them."),
     ("fine-tuning type", ["train", *TRAIN, "dataset=good", "finetuning_type=qlora"], 1, "lmforge train: error: Config "
-     "error: 'finetuning_type' is 'qlora', which is not one of: lora, freeze, full. Did you mean 'lora'?"),
+     "error: 'finetuning_type' is 'qlora', which is not one of: lora, oft, freeze, full. Did you mean 'lora'?"),
     ("no dataset", ["train", *TRAIN], 1, "lmforge train: error: Config error: 'do_train' needs 'dataset': one or more "
      "names from dataset_info.json."),
     ("no output_dir", ["train", "model_name_or_path=MODEL", "dataset=good", "dataset_dir=d", "do_train=true"], 1,
@@ -67,6 +67,11 @@ CASES = [
     ("deepspeed not installed", ["train", *TRAIN, "dataset=good", "deepspeed=bad.json"], 1,
      "lmforge train: error: deepspeed is set, but the DeepSpeed package is not installed. Install it (DS_BUILD_OPS=0 "
      "pip install --no-build-isolation \"lmforge[deepspeed]\"), or remove deepspeed."),
+    ("fp8 without an FP8 GPU", ["train", *TRAIN, "dataset=good", "fp8=true"], 1,
+     "lmforge train: error: fp8 needs an NVIDIA GPU with FP8 units (compute capability 8.9 or newer: Ada, Hopper or "
+     "Blackwell), and this machine has none. Remove fp8; bf16 trains on any recent GPU."),
+    ("optimizer package missing", ["train", *TRAIN, "dataset=good", "finetuning_type=full", "use_badam=true"], 1,
+     "lmforge train: error: use_badam needs the badam extra: pip install \"lmforge[badam]\""),
     ("fsdp in one process", ["train", *TRAIN, "dataset=good", "fsdp=full_shard"], 1,
      "lmforge train: error: fsdp shards the model across processes: launch several, e.g. FORCE_TORCHRUN=1 "
      "NPROC_PER_NODE=2 lmforge train ..., or remove fsdp."),
@@ -117,7 +122,7 @@ CASES = [
     # quantization (LLaMA-Factory's rules; a quantized checkpoint's missing libraries)
     ("quantized freeze", ["train", *TRAIN, "dataset=good", "quantization_bit=4", "finetuning_type=freeze"], 1,
      "lmforge train: error: Config error: quantization ('quantization_bit') is only supported with finetuning_type "
-     "lora."),
+     "lora or oft."),
     ("quantized two adapters", ["train", *TRAIN, "dataset=good", "quantization_bit=4", "adapter_name_or_path=a,b"], 1,
      "lmforge train: error: Config error: a quantized model takes one adapter, applied on the fly, but "
      "adapter_name_or_path names 2: merge them into the unquantized base first (lmforge export without "
@@ -230,7 +235,8 @@ def test_bad_input_is_one_clear_line(name, argv, code, expected, workspace, tiny
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # As on a machine without the optional DeepSpeed package (it may be installed here).
     monkeypatch.setitem(sys.modules, "deepspeed", None)
-    if any(arg.startswith("quantization_method=") for arg in argv):
+    monkeypatch.setitem(sys.modules, "badam", None)  # likewise the badam extra
+    if any(arg.startswith(("quantization_method=", "fp8=")) for arg in argv):
         # The refusals of a machine without CUDA, wherever the suite runs.
         monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))

@@ -117,7 +117,7 @@ def test_all_problems_reported_together():
          "'interleave_probs' has 2 values but 'eval_dataset' names 3 datasets; give one probability per dataset."),
         (["dataset=a,b", "interleave_probs=0.5,0.5"], "'interleave_probs' needs mix_strategy interleave_under"),
         (["quantization_bit=3"], "'quantization_bit' must be 4 or 8 with quantization_method bnb, got 3."),
-        (["use_galore=true"], "'use_galore' is not supported by lmforge"),
+        (["use_unsloth=true"], "'use_unsloth' is not supported by lmforge"),
         (["do_eval=true"], "'do_eval'/'do_predict' need 'eval_dataset' or a 'val_size' above 0."),
         (["template=qwen-3"], "unknown template 'qwen-3'. Did you mean 'qwen3'? Run `lmforge templates` to list them."),
         (["stage=ppo"], "stage ppo needs 'reward_model': the output_dir of a LoRA reward model run (stage rm), a full "
@@ -215,12 +215,12 @@ def test_flat_dict_round_trip():
 
 
 @pytest.mark.parametrize("key, message", [
-    ("use_dft_loss", "'use_dft_loss' belongs to the DFT loss (use_dft_loss), a LLaMA-Factory feature that lmforge "
-                     "does not have yet; remove it."),
-    ("badam_mode", "'badam_mode' belongs to BAdam (use_badam), a LLaMA-Factory feature that lmforge does not have "
-                   "yet; remove it."),
-    ("fp8_backend", "'fp8_backend' belongs to FP8 training (fp8), a LLaMA-Factory feature that lmforge does not "
-                    "have yet; remove it."),
+    ("kt_weight_path", "'kt_weight_path' belongs to KTransformers training (use_kt), a LLaMA-Factory feature that "
+                       "lmforge does not have yet; remove it."),
+    ("swanlab_project", "'swanlab_project' belongs to SwanLab logging (use_swanlab), a LLaMA-Factory feature that "
+                        "lmforge does not have yet; remove it."),
+    ("profiler_wait_steps", "'profiler_wait_steps' belongs to the torch profiler (enable_torch_profiler), a "
+                            "LLaMA-Factory feature that lmforge does not have yet; remove it."),
     # Shares '_num_workers' with dataloader_num_workers (0.6 alike), but is no typo of it.
     ("tokenizer_num_workers", "unknown key 'tokenizer_num_workers'. See `lmforge train --help` for the valid keys."),
 ])

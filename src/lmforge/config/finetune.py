@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmforge.config.extras import ExtrasArguments
 from lmforge.config.readers import DATASET, MODEL, SERVING, TRAINING
 
 # Every LLaMA-Factory stage name (for the did-you-mean of a misspelt stage), and the ones lmforge runs.
 STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto", "grpo")
 IMPLEMENTED_STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto", "grpo")
 PREF_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")  # the dpo stage's losses
-FINETUNING_TYPES = ("lora", "freeze", "full")
+FINETUNING_TYPES = ("lora", "oft", "freeze", "full")
 REWARD_MODEL_TYPES = ("lora", "full", "api")  # what `reward_model` is, for stage ppo
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # trl's GRPOConfig.loss_type
 GRPO_SCALE_REWARDS = ("group", "batch", "none")  # trl's GRPOConfig.scale_rewards
 
 
 @dataclass
-class FinetuningArguments:
+class FinetuningArguments(ExtrasArguments):
     """Training stage, fine-tuning method and their hyper-parameters (LLaMA-Factory's names)."""
 
     stage: str = field(
@@ -25,7 +26,7 @@ class FinetuningArguments:
         metadata={"help": "Training stage: pt, sft, rm (reward model), ppo, dpo (pref_loss: sigmoid, hinge, ipo, kto_pair, orpo, simpo), kto or grpo (rewards: reward_funcs, reward_model).", "read_by": (DATASET, TRAINING, SERVING)},
     )
     finetuning_type: str = field(
-        default="lora", metadata={"help": "lora, freeze or full.", "read_by": (MODEL, TRAINING)}
+        default="lora", metadata={"help": "lora, oft, freeze or full.", "read_by": (MODEL, TRAINING)}
     )
     freeze_trainable_layers: int = field(
         default=2,

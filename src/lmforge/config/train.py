@@ -129,6 +129,13 @@ class TrainArguments:
     use_cpu: bool = field(
         default=False, metadata={"help": "Train on the CPU even when a GPU is present.", "read_by": (TRAINING,)}
     )
+    # FP8 (LLaMA-Factory's keys): needs a GPU with FP8 units; lmforge refuses it elsewhere in one line.
+    fp8: bool = field(default=False, metadata={"help": "FP8 mixed-precision training (needs an NVIDIA GPU with FP8 "
+                                                       "support; refused elsewhere).", "read_by": (TRAINING,)})
+    fp8_backend: str = field(default="auto", metadata={"help": "FP8: backend (auto, torchao, te, msamp).",
+                                                       "read_by": (TRAINING,)})
+    fp8_enable_fsdp_float8_all_gather: bool = field(
+        default=False, metadata={"help": "FP8 with FSDP: gather the weights in float8.", "read_by": (TRAINING,)})
     # Ray (USE_RAY=1): the same training on the workers of a Ray cluster (see docs/distributed.md).
     ray_num_workers: int = field(default=1, metadata={"help": "Ray: training workers.", "read_by": (TRAINING,)})
     ray_init_kwargs: dict | None = field(

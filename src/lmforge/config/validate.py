@@ -34,16 +34,9 @@ EVAL_STRATEGIES = ("no", "steps", "epoch")
 # LLaMA-Factory keys that lmforge knows but does not implement: accepted when off, refused when on,
 # so that a config never silently trains differently from what it asks for.
 UNSUPPORTED_SWITCHES = (
-    "use_galore",
-    "use_apollo",
-    "use_badam",
-    "use_adam_mini",
-    "use_muon",
     "use_unsloth",
     "use_unsloth_gc",
     "enable_liger_kernel",
-    "use_llama_pro",
-    "pissa_init",
     "shift_attn",
     "mixture_of_depths",
     "use_swanlab",
@@ -52,23 +45,22 @@ UNSUPPORTED_SWITCHES = (
 # Keys (or key prefixes) of LLaMA-Factory features lmforge does not have: an unknown key among them is
 # named as its feature, rather than given a look-alike key that does something else.
 MISSING_FEATURES = {
-    "galore_": "GaLore (use_galore)",
-    "apollo_": "APOLLO (use_apollo)",
-    "badam_": "BAdam (use_badam)",
-    "muon_": "Muon (use_muon)",
-    "oft_": "OFT fine-tuning (finetuning_type: oft)",
-    "module_dropout": "OFT fine-tuning (finetuning_type: oft)",
-    "pissa_": "PiSSA initialisation (pissa_init)",
-    "use_dft_loss": "the DFT loss (use_dft_loss)",
-    "use_asft_loss": "the ASFT loss (use_asft_loss)",
-    "asft_": "the ASFT loss (use_asft_loss)",
-    "use_eaft_loss": "the EAFT loss (use_eaft_loss)",
-    "eaft_": "the EAFT loss (use_eaft_loss)",
-    "fp8": "FP8 training (fp8)",
-    "fp8_": "FP8 training (fp8)",
     "unsloth_": "Unsloth (use_unsloth)",
     "liger_": "Liger kernels (enable_liger_kernel)",
+    "swanlab_": "SwanLab logging (use_swanlab)",
+    "use_kt": "KTransformers training (use_kt)",
+    "kt_": "KTransformers training (use_kt)",
+    "sglang_": "the SGLang inference backend (infer_backend: sglang)",
+    "enable_torch_profiler": "the torch profiler (enable_torch_profiler)",
+    "profiler_": "the torch profiler (enable_torch_profiler)",
+    "use_mca": "Megatron-Core training (use_mca)",
+    "use_hyper_parallel": "HyperParallel training (use_hyper_parallel)",
+    "hyper_parallel_": "HyperParallel training (use_hyper_parallel)",
 }
+
+# The optimizers that replace the Trainer's (`optim`): one at a time.
+OPTIMIZER_SWITCHES = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
+SFT_LOSS_SWITCHES = ("use_dft_loss", "use_asft_loss", "use_eaft_loss")
 
 
 def missing_feature(key: str) -> str | None:
@@ -215,8 +207,8 @@ def _check_dataset(cfg: RunConfig, problems: list[str]) -> None:
 def _check_model(cfg: RunConfig, readers: frozenset[str], problems: list[str]) -> None:
     model, ft = cfg.model, cfg.finetune
     _choice(problems, "flash_attn", model.flash_attn, FLASH_ATTN)
-    if model.adapter_name_or_path and ft.finetuning_type != "lora":
-        problems.append(f"'adapter_name_or_path' needs finetuning_type lora (it is {ft.finetuning_type}).")
+    if model.adapter_name_or_path and ft.finetuning_type not in ("lora", "oft"):
+        problems.append(f"'adapter_name_or_path' needs finetuning_type lora or oft (it is {ft.finetuning_type}).")
     if model.quantization_bit is not None:
         _check_quantization(cfg, readers, problems)
     if _reads(readers, "model", "quantization_device_map") and model.quantization_device_map not in (None, "auto"):
@@ -249,8 +241,8 @@ def _check_quantization(cfg: RunConfig, readers: frozenset[str], problems: list[
                         "remove quantization_bit (export from the unquantized base; for a smaller file use "
                         "export_format: gguf with gguf_type: q8_0, or export_quantization_bit for GPTQ).")
         return
-    if ft.finetuning_type != "lora":
-        problems.append("quantization ('quantization_bit') is only supported with finetuning_type lora.")
+    if ft.finetuning_type not in ("lora", "oft"):
+        problems.append("quantization ('quantization_bit') is only supported with finetuning_type lora or oft.")
     if model.adapter_name_or_path and len(model.adapter_name_or_path) > 1:
         problems.append(f"a quantized model takes one adapter, applied on the fly, but adapter_name_or_path names "
                         f"{len(model.adapter_name_or_path)}: merge them into the unquantized base first (lmforge "
@@ -310,10 +302,66 @@ def _check_training(cfg: RunConfig, problems: list[str]) -> None:
         problems.append("'gradient_accumulation_steps' must be positive.")
     if train.learning_rate <= 0:
         problems.append(f"'learning_rate' must be positive, got {train.learning_rate}.")
+    _check_extras(cfg, problems)
     if ft.stage == "ppo":
         _check_ppo(cfg, problems)
     if ft.stage == "grpo":
         _check_grpo(cfg, problems)
+
+
+def _check_extras(cfg: RunConfig, problems: list[str]) -> None:
+    """OFT, PiSSA, the optimizers, LLaMA Pro and the SFT losses: LLaMA-Factory's rules, each in one line."""
+    from lmforge.config import extras
+
+    ft = cfg.finetune
+    optimizers = [key for key in OPTIMIZER_SWITCHES if getattr(ft, key)]
+    if len(optimizers) > 1:
+        problems.append(f"{' and '.join(optimizers)} each replace the optimizer; keep one of them.")
+    if ft.finetuning_type in ("lora", "oft") and set(optimizers) & {"use_galore", "use_apollo", "use_badam"}:
+        problems.append(f"{optimizers[0]} trains the model's own weights, not a {ft.finetuning_type} adapter; set "
+                        "finetuning_type: full (or freeze), or remove it.")
+    if ft.use_adam_mini and ft.finetuning_type in ("lora", "oft"):
+        # Adam-mini shapes its per-head blocks from the weight names; an adapter's small matrices carry those
+        # names (q_proj.lora_A) without the shapes.
+        problems.append(f"use_adam_mini partitions the model's own weights, not a {ft.finetuning_type} adapter; set "
+                        "finetuning_type: full (or freeze).")
+    if optimizers and ft.loraplus_lr_ratio:
+        problems.append(f"'loraplus_lr_ratio' builds its own optimizer, so it cannot be combined with {optimizers[0]}.")
+    if ft.finetuning_type != "oft":
+        if ft.oft_rank or ft.module_dropout:
+            problems.append("'oft_rank' and 'module_dropout' apply to finetuning_type oft only.")
+    elif (ft.oft_rank == 0) == (ft.oft_block_size == 0):
+        problems.append(f"finetuning_type oft needs exactly one of oft_rank and oft_block_size set, the other 0 (they "
+                        f"are {ft.oft_rank} and {ft.oft_block_size}).")
+    if ft.pissa_init and ft.finetuning_type != "lora":
+        problems.append("'pissa_init' initialises a LoRA adapter: set finetuning_type: lora, or remove it.")
+    if ft.pissa_init and (ft.stage in ("ppo", "kto") or (ft.stage == "dpo" and ft.pref_loss not in ("orpo", "simpo"))):
+        problems.append(f"'pissa_init' changes the base weights that stage {ft.stage}'s reference model is made of; "
+                        "remove it for this stage.")
+    if ft.pissa_init and cfg.model.quantization_bit is not None:
+        problems.append("'pissa_init' decomposes the base weights, which a quantized model cannot change; remove "
+                        "quantization_bit or pissa_init.")
+    if ft.pissa_convert and not ft.pissa_init:
+        problems.append("'pissa_convert' converts a PiSSA adapter: it needs pissa_init: true.")
+    if ft.use_llama_pro and ft.finetuning_type not in ("freeze", "lora"):
+        problems.append(f"'use_llama_pro' trains the expanded blocks with finetuning_type freeze or lora (it is "
+                        f"{ft.finetuning_type}).")
+    losses = [key for key in SFT_LOSS_SWITCHES if getattr(ft, key)]
+    if len(losses) > 1:
+        problems.append(f"{' and '.join(losses)} are alternative losses; keep one of them.")
+    if losses and ft.stage != "sft":
+        problems.append(f"'{losses[0]}' is a loss of stage sft (the stage is {ft.stage}).")
+    _choice(problems, "galore_proj_type", ft.galore_proj_type, extras.GALORE_PROJ_TYPES)
+    _choice(problems, "apollo_proj", ft.apollo_proj, extras.APOLLO_PROJS)
+    _choice(problems, "apollo_proj_type", ft.apollo_proj_type, extras.APOLLO_PROJ_TYPES)
+    _choice(problems, "apollo_scale_type", ft.apollo_scale_type, extras.APOLLO_SCALE_TYPES)
+    _choice(problems, "badam_mode", ft.badam_mode, extras.BADAM_MODES)
+    _choice(problems, "badam_switch_mode", ft.badam_switch_mode, extras.BADAM_SWITCH_MODES)
+    _choice(problems, "badam_mask_mode", ft.badam_mask_mode, extras.BADAM_MASK_MODES)
+    if (ft.galore_layerwise and ft.use_galore) or (ft.apollo_layerwise and ft.use_apollo):
+        if cfg.train.gradient_accumulation_steps != 1:
+            problems.append("layer-wise GaLore/APOLLO updates each layer during backward, so it needs "
+                            "gradient_accumulation_steps: 1.")
 
 
 def _check_ppo(cfg: RunConfig, problems: list[str]) -> None:

@@ -71,9 +71,15 @@ def setup_freeze(model, ft: FinetuningArguments) -> list[str]:
 
     n_layers = _num_layers(model)
     k = ft.freeze_trainable_layers
-    if k == 0 or abs(k) > n_layers:
+    if ft.use_llama_pro:
+        from lmforge.model.llama_pro import expanded_layer_ids
+
+        # LLaMA Pro: only the blocks `lmforge expand-blocks` added, evenly spaced, train.
+        layer_ids = expanded_layer_ids(n_layers, k)
+    elif k == 0 or abs(k) > n_layers:
         raise UserError(f"'freeze_trainable_layers' must be between 1 and {n_layers} (or -1 and -{n_layers}), got {k}.")
-    layer_ids = range(n_layers - k, n_layers) if k > 0 else range(-k)
+    else:
+        layer_ids = range(n_layers - k, n_layers) if k > 0 else range(-k)
     modules = ft.freeze_trainable_modules
     extra = ft.freeze_extra_modules or []
     layer_pattern = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
@@ -163,7 +169,14 @@ def load_adapters(model, paths: Sequence[str], base: str, *, merge: bool, traina
         merge = False
     stacked: list[str] = []
     for i, path in enumerate(paths):
-        trained_on = read_adapter_config(path).get("base_model_name_or_path") or "an unknown base model"
+        adapter_config = read_adapter_config(path)
+        init = adapter_config.get("init_lora_weights")
+        if isinstance(init, str) and init.startswith("pissa"):
+            # Trained on the residual of its base (the base less its principal components), not on the base.
+            raise UserError(f"Adapter '{path}' is a PiSSA adapter saved as trained, which only fits the residual of its "
+                            "base model. Train with pissa_convert: true to save it as a plain LoRA that applies to "
+                            "the base model.")
+        trained_on = adapter_config.get("base_model_name_or_path") or "an unknown base model"
         _check_same_architecture(path, trained_on, base, model)
         keep_training = trainable and i == len(paths) - 1
         # The adapter that keeps training must be PEFT's "default" one: only that one is saved at the top level.
@@ -191,8 +204,8 @@ def load_adapters(model, paths: Sequence[str], base: str, *, merge: bool, traina
 
 
 def setup_lora(model, model_args: ModelArguments, ft: FinetuningArguments):
-    """Attach a LoRA adapter for training: resume the last given adapter or create a new one."""
-    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+    """Attach a LoRA (or OFT) adapter for training: resume the last given adapter or create a new one."""
+    from peft import PeftModel, get_peft_model
 
     from lmforge.model.quantization import describe, is_quantized, prepare_for_training
 
@@ -211,21 +224,44 @@ def setup_lora(model, model_args: ModelArguments, ft: FinetuningArguments):
         return model
     from lmforge.model.multimodal import is_multimodal, lora_target_names
 
-    targets = find_all_linear_modules(model) if ft.lora_target == ["all"] else list(ft.lora_target)
+    oft = ft.finetuning_type == "oft"
+    option = "oft_target" if oft else "lora_target"
+    wanted = ft.oft_target if oft else ft.lora_target
+    targets = find_all_linear_modules(model) if wanted == ["all"] else list(wanted)
     present = set(find_all_linear_modules(model)) | {n.split(".")[-1] for n, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
     if missing:
         raise UserError(
-            f"lora_target {missing} not found in the model; its linear layers are: "
-            f"{', '.join(find_all_linear_modules(model))} (or use lora_target: all)."
+            f"{option} {missing} not found in the model; its linear layers are: "
+            f"{', '.join(find_all_linear_modules(model))} (or use {option}: all)."
         )
     if is_multimodal(model):
         # Only the unfrozen parts (by default the language model) get adapters.
         targets = lora_target_names(model, targets, ft)
         if not targets:
             raise UserError("The freeze_vision_tower / freeze_multi_modal_projector / freeze_language_model flags "
-                            "leave no LoRA target; unfreeze a part or change lora_target.")
-    config = LoraConfig(
+                            f"leave no adapter target; unfreeze a part or change {option}.")
+    if ft.use_llama_pro:
+        from lmforge.model.llama_pro import llama_pro_targets
+
+        # LLaMA Pro: adapters on the expanded blocks only, not on the same-named modules of the original layers.
+        targets = llama_pro_targets(model, targets, ft.freeze_trainable_layers, _num_layers(model))
+    config = _oft_config(model, targets, ft) if oft else _lora_config(targets, ft)
+    model = get_peft_model(model, config)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != _float32():
+            param.data = param.data.float()
+    return model
+
+
+def _lora_config(targets: list[str], ft: FinetuningArguments):
+    from peft import LoraConfig, TaskType
+
+    init = True
+    if ft.pissa_init:
+        # PiSSA: A and B start as the principal singular vectors; the base keeps the residual weight.
+        init = "pissa" if ft.pissa_iter == -1 else f"pissa_niter_{ft.pissa_iter}"
+    return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=ft.lora_rank,
         lora_alpha=ft.lora_alpha,
@@ -234,12 +270,28 @@ def setup_lora(model, model_args: ModelArguments, ft: FinetuningArguments):
         modules_to_save=ft.additional_target,
         use_rslora=ft.use_rslora,
         use_dora=ft.use_dora,
+        init_lora_weights=init,
     )
-    model = get_peft_model(model, config)
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != _float32():
-            param.data = param.data.float()
-    return model
+
+
+def _oft_config(model, targets: list[str], ft: FinetuningArguments):
+    """peft's OFT: each target's input is rotated by a block-diagonal orthogonal matrix that trains."""
+    from peft import OFTConfig, TaskType
+
+    size = ft.oft_block_size or None
+    for name, module in model.named_modules():
+        features = getattr(module, "in_features", None)
+        if name.split(".")[-1] in targets and features and size and features % size:
+            raise UserError(f"oft_block_size {size} does not divide the {features} input features of '{name}'; "
+                            "choose a divisor (or set oft_rank and oft_block_size: 0).")
+    return OFTConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=ft.oft_rank,
+        oft_block_size=ft.oft_block_size,
+        target_modules=targets,
+        module_dropout=ft.module_dropout,
+        modules_to_save=ft.additional_target,
+    )
 
 
 def _float32():
@@ -255,9 +307,9 @@ def init_adapter(model, model_args: ModelArguments, ft: FinetuningArguments, tra
     from lmforge.model.multimodal import freeze_parts
     from lmforge.model.quantization import describe, is_quantized
 
-    if ft.finetuning_type != "lora" and is_quantized(model):
+    if ft.finetuning_type not in ("lora", "oft") and is_quantized(model):
         raise UserError(f"'{model_args.model_name_or_path}' is quantized ({describe(model)}): its weights cannot be "
-                        f"trained directly, only through an adapter. Use finetuning_type: lora (it is "
+                        f"trained directly, only through an adapter. Use finetuning_type: lora or oft (it is "
                         f"{ft.finetuning_type}).")
     if ft.finetuning_type == "full":
         setup_full(model, ft)

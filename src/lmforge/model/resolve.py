@@ -100,7 +100,7 @@ def resolve_model(cfg: RunConfig) -> ResolvedModel:
             template = (read_export_file(path) or {}).get("template")
         return ResolvedModel(path, adapters, tokenizer, template)
     template = template or run.get("template")
-    if run.get("finetuning_type") != "lora":
+    if run.get("finetuning_type") not in ("lora", "oft"):
         return ResolvedModel(path, adapters, path, template)
     # The run's adapter was trained on top of its own adapters: all but the last of them were
     # merged, and the last continued training (unless a new adapter was created).

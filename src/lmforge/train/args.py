@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 # Fields of ours that transformers 5 no longer has, or that lmforge handles itself: never passed on.
 _OWN_FIELDS = {"hf_passthrough", "overwrite_output_dir", "evaluation_strategy", "warmup_ratio", "logging_dir",
                "ray_num_workers", "ray_init_kwargs", "resources_per_worker", "placement_strategy", "ray_run_name",
-               "ray_storage_path", "ray_storage_filesystem", "master_addr", "master_port"}
+               "ray_storage_path", "ray_storage_filesystem", "master_addr", "master_port", "fp8", "fp8_backend",
+               "fp8_enable_fsdp_float8_all_gather"}
 # Fields of ours that only Seq2SeqTrainingArguments has (sft prediction): left out for other argument classes.
 _SEQ2SEQ_FIELDS = {"predict_with_generate", "generation_max_length", "generation_num_beams"}
 
@@ -83,7 +84,7 @@ def build_training_args(cfg: RunConfig, resume_from: str | None, args_class: typ
     kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
     kwargs["disable_tqdm"] = True  # the console progress bar is ours
     kwargs.setdefault("log_level", "warning")
-    if cfg.finetune.finetuning_type == "lora":
+    if cfg.finetune.finetuning_type in ("lora", "oft"):
         kwargs.setdefault("label_names", ["labels"])
     if cfg.finetune.pure_bf16:
         kwargs["bf16"] = False  # the weights are already bf16: no autocast on top
@@ -95,8 +96,11 @@ def build_training_args(cfg: RunConfig, resume_from: str | None, args_class: typ
             # A CPU-only machine: transformers refuses bf16 (every LLaMA-Factory example sets it) unless told so.
             kwargs["use_cpu"] = True
         kwargs.setdefault("dataloader_pin_memory", False)
-    if "ddp_find_unused_parameters" not in kwargs and cfg.finetune.finetuning_type == "lora":
+    if "ddp_find_unused_parameters" not in kwargs and cfg.finetune.finetuning_type in ("lora", "oft"):
         kwargs["ddp_find_unused_parameters"] = False
+    from lmforge.train import optimizers
+
+    kwargs.update(optimizers.training_args_overrides(cfg))  # GaLore/APOLLO are transformers' own optim choices
     kwargs.update(extra or {})
     if "activation_checkpointing" in accepted:
         # transformers 5 renamed the flag; passing the old name only adds a deprecation warning.

@@ -87,7 +87,7 @@ def use_checkpointing(cfg: RunConfig, model) -> bool:
     dtype_bytes = params[0].element_size() if params else 4
     if device != "cpu":  # the weights are still in host memory; on the GPU they will take their share
         free -= sum(p.numel() * p.element_size() for p in params)
-    if cfg.finetune.finetuning_type != "lora":
+    if cfg.finetune.finetuning_type not in ("lora", "oft"):
         # Gradients and Adam's two moments of every trainable weight (float32), not yet allocated.
         trainable = sum(p.numel() for p in params if p.requires_grad)
         free -= trainable * 12
@@ -108,6 +108,10 @@ def training_callbacks(cfg: RunConfig, resume_from: str | None, extra=()) -> lis
     from lmforge.train.stop import StopOnSignal
 
     callbacks = [LogCallback(cfg.train.output_dir, resuming=resume_from is not None), StopOnSignal()]
+    if cfg.finetune.pissa_init and cfg.finetune.pissa_convert:
+        from lmforge.train.pissa import SavePissaInit
+
+        callbacks.append(SavePissaInit(cfg.train.output_dir))
     if cfg.finetune.early_stopping_steps:
         from transformers import EarlyStoppingCallback
 
@@ -142,6 +146,11 @@ def save_final(trainer, tokenizer, output_dir: Path) -> list[str]:
     trainer.save_model(str(staging))
     published = []
     if main:
+        ft = trainer.finetuning_args
+        if ft is not None and ft.pissa_init and ft.pissa_convert:
+            from lmforge.train.pissa import save_converted
+
+            save_converted(trainer.accelerator.unwrap_model(trainer.model), staging, output_dir)
         tokenizer.save_pretrained(str(staging))
         if getattr(trainer, "processor_source", None):  # a vision-language model: its processor configs too
             from lmforge.model.vl_processor import copy_processor_files

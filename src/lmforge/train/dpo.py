@@ -36,7 +36,7 @@ def load_reference_model(cfg: RunConfig, tokenizer):
     from lmforge.model.tokenizer import with_model_path
 
     ft = cfg.finetune
-    if ft.ref_model is None and ft.finetuning_type == "lora":
+    if ft.ref_model is None and ft.finetuning_type in ("lora", "oft"):
         return None
     path = ft.ref_model or cfg.model.model_name_or_path
     model_args = dataclasses.replace(with_model_path(cfg.model, path), quantization_bit=ft.ref_model_quantization_bit)

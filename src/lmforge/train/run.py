@@ -20,9 +20,11 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     from lmforge.utils import distributed
 
     # A launched run joins its process group first; only the main process touches output_dir.
-    from lmforge.train import engines, zero3
+    from lmforge.train import engines, optimizers, zero3
 
     engines.check(cfg)
+    check_fp8(cfg)
+    optimizers.check(cfg)  # a missing optimizer package, before any data or model is loaded
     choose_cpu_precision(cfg)
     distributed.init(cfg.train.ddp_timeout)
     resume_from = _prepare_output_dir(cfg, prepare_output_dir, distributed)
@@ -40,6 +42,20 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
 
             raise UserError(f"Another rank stopped, so this one ({os.environ.get('RANK', '?')}) stops too: "
                             f"{str(err).splitlines()[0][:200]}") from None
+
+
+def check_fp8(cfg: RunConfig) -> None:
+    """`fp8: true` (LLaMA-Factory's FP8 training) is refused in one line, saying what it would need."""
+    if not cfg.train.fp8:
+        return
+    import torch
+
+    from lmforge.errors import UserError
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        raise UserError("fp8 needs an NVIDIA GPU with FP8 units (compute capability 8.9 or newer: Ada, Hopper or "
+                        "Blackwell), and this machine has none. Remove fp8; bf16 trains on any recent GPU.")
+    raise UserError("fp8 training is not available in lmforge yet. Remove fp8; bf16 trains at full quality on this GPU.")
 
 
 def choose_cpu_precision(cfg: RunConfig) -> None:

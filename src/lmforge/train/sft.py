@@ -42,6 +42,11 @@ def run_sft(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
         metric_kwargs = dict(compute_metrics=token_accuracy, preprocess_logits_for_metrics=argmax_logits)
     trainer = build_trainer(ForgeTrainer, cfg, resume_from, callbacks, dataset=dataset, model=model,
                             data_collator=collator, processing_class=tokenizer, **metric_kwargs)
+    if cfg.finetune.use_asft_loss and cfg.finetune.finetuning_type in ("full", "freeze") and cfg.train.do_train:
+        # ASFT's KL term needs the model as it was; a LoRA/OFT policy has it with its adapters switched off.
+        from lmforge.model.loader import load_model
+
+        trainer.ref_model = load_model(cfg.model, tokenizer, compute_dtype(cfg), trainable=False).to(trainer.args.device)
     if mm_processor is not None:
         trainer.processor_source = processor_folder(cfg.model)  # its configs are saved with every checkpoint
     return finish(cfg, trainer, tokenizer, template, dataset, resume_from)

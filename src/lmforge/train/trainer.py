@@ -39,9 +39,13 @@ class ForgeTrainerMixin:
         self._sharded_on_cpu = shard_on_cpu(self)
 
     def create_optimizer(self, model=None):
+        from lmforge.train import optimizers
+
         ratio = self.finetuning_args.loraplus_lr_ratio if self.finetuning_args is not None else None
         if self.optimizer is None and ratio:
             self.optimizer = _loraplus_optimizer(self, self.model if model is None else model, ratio)
+        elif self.optimizer is None and optimizers.builds_own(self.finetuning_args):  # BAdam, Adam-mini, Muon
+            self.optimizer = optimizers.create(self, self.model if model is None else model)
         return super().create_optimizer(model)
 
     def _run_epoch(self, *args, **kwargs):
@@ -98,6 +102,7 @@ class ForgeTrainer(ForgeTrainerMixin, Seq2SeqTrainer):
 
     _supervised_loss_ok: bool | None = None
     _non_embedding_parameters: int | None = None
+    ref_model = None  # ASFT's frozen reference for freeze and full training (LoRA switches its adapters off)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.finetuning_args is not None and self.finetuning_args.disable_shuffling:
@@ -107,13 +112,16 @@ class ForgeTrainer(ForgeTrainerMixin, Seq2SeqTrainer):
         return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs or not self._trained_logits_only(model, inputs):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        from lmforge.train.loss import supervised_loss
+        from lmforge.train.loss import supervised_loss, variant_of
 
+        variant = variant_of(self.finetuning_args) if model.training and "labels" in inputs else None
+        if variant is None and (return_outputs or not self._trained_logits_only(model, inputs)):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None  # the loss is then a per-batch mean, as the model's own would be
-        loss = supervised_loss(model, inputs, num_items_in_batch)
+        # A loss variant runs on the model's full logits where the hidden-state path is not exact.
+        full = variant is not None and not self._trained_logits_only(model, inputs)
+        loss = supervised_loss(model, inputs, num_items_in_batch, variant, ref=self.ref_model, full_logits=full)
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             # The Trainer's own scaling: num_items_in_batch counts every process's tokens.
             loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
