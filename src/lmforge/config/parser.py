@@ -206,7 +206,8 @@ def parse_config(
         if group is None:
             if key in UNSUPPORTED_SWITCHES:
                 if coerce(value, bool | str | None, from_text=key in from_cli) not in (None, False, "", "none"):
-                    problems.append(f"'{key}' is not supported by lmforge; remove it or set it to false.")
+                    problems.append(f"'{key}' is not supported by lmforge{UNSUPPORTED_SWITCHES[key]}; remove it or set "
+                                    "it to false.")
                 continue
             if key in hf_keys:
                 passthrough[key] = _from_text(value) if key in from_cli else value

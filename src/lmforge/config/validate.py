@@ -33,14 +33,15 @@ EVAL_STRATEGIES = ("no", "steps", "epoch")
 
 # LLaMA-Factory keys that lmforge knows but does not implement: accepted when off, refused when on,
 # so that a config never silently trains differently from what it asks for.
-UNSUPPORTED_SWITCHES = (
-    "use_unsloth",
-    "use_unsloth_gc",
-    "enable_liger_kernel",
-    "shift_attn",
-    "mixture_of_depths",
-    "use_swanlab",
-)
+UNSUPPORTED_SWITCHES = {
+    "use_unsloth": "",
+    "use_unsloth_gc": "",
+    "enable_liger_kernel": "",
+    "shift_attn": "",
+    # The mixture-of-depth package imports names transformers 5 removed (TRANSFORMERS_CACHE).
+    "mixture_of_depths": " (the mixture-of-depth package does not load with transformers 5)",
+    "use_swanlab": "",
+}
 
 # Keys (or key prefixes) of LLaMA-Factory features lmforge does not have: an unknown key among them is
 # named as its feature, rather than given a look-alike key that does something else.
