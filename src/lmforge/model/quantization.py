@@ -36,8 +36,12 @@ PREQUANTIZED_PACKAGES: dict[str, tuple[str, ...]] = {
     "quanto": ("optimum.quanto",),
     "torchao": ("torchao",),
 }
+# The methods whose packages the `quantization` extra installs.
+EXTRA_METHODS = ("gptq", "awq", "bitsandbytes")
 # pip's names where they differ from the module's.
 PIP_NAMES = {"optimum.quanto": "optimum-quanto"}
+# What to install where a version is pinned: the `quantization` extra's gptqmodel (7.7 needs a newer torch).
+PIP_SPECS = {"gptqmodel": "gptqmodel==7.6.0"}
 
 
 def _missing(modules) -> list[str]:
@@ -66,9 +70,12 @@ def check_prequantized(method: str, path: str, model_args: ModelArguments) -> No
     """Refuse a quantized checkpoint whose libraries are missing, naming them; note an ignored quantization_bit."""
     missing = _missing(PREQUANTIZED_PACKAGES.get(method, ()))
     if missing:
+        install = f"pip install {' '.join(PIP_SPECS.get(name, name) for name in missing)}"
+        if method in EXTRA_METHODS:
+            install = f'pip install "lmforge[quantization]" (or {install})'
         raise UserError(
             f"'{path}' is a checkpoint quantized with {method.upper()} (its config.json has a quantization_config), and "
-            f"loading it needs {' and '.join(missing)}: pip install {' '.join(missing)}"
+            f"loading it needs {' and '.join(missing)}: {install}"
         )
     if model_args.quantization_bit is not None:
         logger.warning(f"'{path}' is already quantized ({method}); quantization_bit={model_args.quantization_bit} "
@@ -155,7 +162,9 @@ def describe(model) -> str:
         return f"{method} 4-bit"
     if getattr(base, "is_loaded_in_8bit", False):
         return f"{method} 8-bit"
-    return method
+    quant = getattr(getattr(base, "config", None), "quantization_config", None)
+    bits = quant.get("bits") if isinstance(quant, dict) else getattr(quant, "bits", None)
+    return f"{method} {bits}-bit" if isinstance(bits, int) else method  # GPTQ, AWQ: from the checkpoint's config
 
 
 def prepare_for_training(model) -> None:
@@ -165,12 +174,31 @@ def prepare_for_training(model) -> None:
     kernel the first time it runs in eval mode without gradients (an evaluation during training). That
     kernel has no backward, so every gradient through the layer is wrong from then on, silently. The
     repacking is switched off on every 4-bit layer, whatever the CPU, before training starts.
+
+    gptqmodel's CPU layers of GPTQ and AWQ checkpoints (TorchAtenLinear, TorchAtenAwqLinear, TorchFused*)
+    do the same on their first forward: run in eval mode without gradients, a layer repacks its weights for
+    aten's int4 kernel and sets `linear_mode` to "inference" for good; that kernel runs under no_grad, and
+    the next LoRA backward fails ("element 0 of tensors does not require grad"). Set to "train" before any
+    forward, the layer keeps dequantizing its weights, in training and in evaluation alike.
     """
     for param in model.parameters():
         param.requires_grad_(False)
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+        if _is_gptqmodel_layer(module):
+            mode = getattr(module.linear_mode, "value", module.linear_mode)
+            if mode is None:
+                module.linear_mode = "train"  # == gptqmodel's LinearMode.TRAIN, a str enum
+            elif mode != "train":
+                raise UserError(f"This {describe(model)} model already ran inference (its {type(module).__name__} "
+                                "layers repacked their weights for the CPU's int4 kernel, which has no backward); "
+                                "load it afresh to train adapters on it.")
+
+
+def _is_gptqmodel_layer(module) -> bool:
+    """A quantized layer of gptqmodel that chooses its training or inference path on its first forward."""
+    return type(module).__module__.startswith("gptqmodel.") and hasattr(module, "linear_mode")
 
 
 def release_checkpoint_file(model) -> None:
