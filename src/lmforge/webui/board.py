@@ -114,7 +114,7 @@ class Board:
                                                 allow_custom_value=True, scale=3, **self._kw("model_name")))
             self._add("model_path", gr.Textbox(value="models/tiny-llama", scale=3, **self._kw("model_path")))
         with gr.Row():
-            self._add("finetuning_type", gr.Dropdown(choices=["lora", "freeze", "full"], value="lora", scale=1,
+            self._add("finetuning_type", gr.Dropdown(choices=["lora", "oft", "freeze", "full"], value="lora", scale=1,
                                                      **self._kw("finetuning_type")))
             self._add("adapter_path", gr.Dropdown(choices=choices.adapters(self.saves), value=[], multiselect=True,
                                                   allow_custom_value=True, scale=5, **self._kw("adapter_path")))
