@@ -149,10 +149,10 @@ CASES = [
      "CPU. Use quantization_method: bnb, which also runs on the CPU."),
     ("gptq checkpoint", ["chat", "model_name_or_path=gptq"], 1, "lmforge chat: error: 'gptq' is a checkpoint quantized "
      "with GPTQ (its config.json has a quantization_config), and loading it needs gptqmodel and optimum: pip install "
-     "gptqmodel optimum"),
+     "\"lmforge[gptq]\" (or pip install gptqmodel==7.6.0 optimum)"),
     ("awq checkpoint", ["train", *TRAIN, "dataset=good", "model_name_or_path=awq"], 1, "lmforge train: error: 'awq' "
      "is a checkpoint quantized with AWQ (its config.json has a quantization_config), and loading it needs gptqmodel: "
-     "pip install gptqmodel"),
+     "pip install \"lmforge[gptq]\" (or pip install gptqmodel==7.6.0)"),
     # command-line arguments
     ("unknown command", ["trian"], 2, "lmforge: unknown command 'trian'. Did you mean 'train'? Run `lmforge help` to "
      "list the commands."),
@@ -236,6 +236,8 @@ def test_bad_input_is_one_clear_line(name, argv, code, expected, workspace, tiny
     # As on a machine without the optional DeepSpeed package (it may be installed here).
     monkeypatch.setitem(sys.modules, "deepspeed", None)
     monkeypatch.setitem(sys.modules, "badam", None)  # likewise the badam extra
+    for module in ("gptqmodel", "optimum"):  # and the quantization extra's GPTQ / AWQ libraries
+        monkeypatch.setitem(sys.modules, module, None)
     if any(arg.startswith(("quantization_method=", "fp8=")) for arg in argv):
         # The refusals of a machine without CUDA, wherever the suite runs.
         monkeypatch.setattr("torch.cuda.is_available", lambda: False)

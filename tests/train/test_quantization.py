@@ -195,7 +195,7 @@ def test_prequantized_checkpoint_refuses_what_needs_merging(prequantized, tmp_pa
     with pytest.raises(UserError, match=r"takes one adapter, applied on the fly, but 2 are given"):
         engine_for(f"model_name_or_path={prequantized}", f"adapter_name_or_path={run},{run}", "template=llama3")
     with pytest.raises(UserError, match=r"is quantized \(bitsandbytes 4-bit\): its weights cannot be trained "
-                       r"directly, only through an adapter\. Use finetuning_type: lora \(it is full\)\."):
+                       r"directly, only through an adapter\. Use finetuning_type: lora or oft \(it is full\)\."):
         train(*tiny_args(prequantized, tmp_path / "full", finetuning_type="full"))
 
 

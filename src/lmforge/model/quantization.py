@@ -40,7 +40,7 @@ PREQUANTIZED_PACKAGES: dict[str, tuple[str, ...]] = {
 EXTRA_METHODS = ("gptq", "awq", "bitsandbytes")
 # pip's names where they differ from the module's.
 PIP_NAMES = {"optimum.quanto": "optimum-quanto"}
-# What to install where a version is pinned: the `quantization` extra's gptqmodel (7.7 needs a newer torch).
+# What to install where a version is pinned: the `gptq` extra's gptqmodel (7.7 needs a newer torch).
 PIP_SPECS = {"gptqmodel": "gptqmodel==7.6.0"}
 
 
@@ -72,7 +72,8 @@ def check_prequantized(method: str, path: str, model_args: ModelArguments) -> No
     if missing:
         install = f"pip install {' '.join(PIP_SPECS.get(name, name) for name in missing)}"
         if method in EXTRA_METHODS:
-            install = f'pip install "lmforge[quantization]" (or {install})'
+            extra = "quantization" if method == "bitsandbytes" else "gptq"
+            install = f'pip install "lmforge[{extra}]" (or {install})'
         raise UserError(
             f"'{path}' is a checkpoint quantized with {method.upper()} (its config.json has a quantization_config), and "
             f"loading it needs {' and '.join(missing)}: {install}"

@@ -32,6 +32,10 @@ def get_logger(name: str) -> logging.Logger:
         root.addHandler(handler)
         root.setLevel(os.environ.get("LMFORGE_VERBOSITY", "INFO").upper())
         root.propagate = False
+        # torchao (installed with the gptq extra) logs that its CUDA libraries do not load on a CPU-only torch,
+        # and torch warns about the types it registers: at every start, about nothing the user can change.
+        logging.getLogger("torchao").setLevel(logging.ERROR)
+        logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
         _configured = True
     return logging.getLogger(name)
 
