@@ -9,6 +9,7 @@ gptqmodel), AWQ through gptqmodel's own API. Needs the `quantization` extra: `py
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -309,3 +310,19 @@ def test_missing_gptqmodel_is_one_line_naming_the_extra(method, needs, tiny_llam
     assert not (tmp_path / "run").exists()
     assert main(["chat", f"model_name_or_path={folder}", "template=llama3"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == f"lmforge chat: error: {expected}"
+
+
+@pytest.mark.quantization
+def test_chat_output_holds_only_the_answers_with_gptqmodel_installed(quickstart_run):
+    # peft imports gptqmodel for any LoRA model, and gptqmodel prints a banner on its first import.
+    import subprocess
+
+    assert importlib.util.find_spec("gptqmodel") is not None
+    result = subprocess.run(
+        [sys.executable, "-m", "lmforge", "chat", f"model_name_or_path={quickstart_run}", "do_sample=false"],
+        input="Who are you?\nexit\n", capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1 and "ForgeBot" in result.stdout
+    assert "GPT-QModel" not in result.stderr and "Failed to load" not in result.stderr

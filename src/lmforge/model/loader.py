@@ -18,6 +18,7 @@ from lmforge.model.quantization import (
     quantization_config,
     quantized_device_map,
     quiet_bitsandbytes,
+    quiet_gptqmodel,
     release_checkpoint_file,
 )
 
@@ -112,6 +113,7 @@ def load_model(model_args: ModelArguments, tokenizer, dtype, trainable: bool, de
 
     path = model_args.model_name_or_path
     check_model_path(path)
+    quiet_gptqmodel()
     common = hub_kwargs(model_args)
     try:
         config = AutoConfig.from_pretrained(path, **common)

@@ -44,6 +44,27 @@ PIP_NAMES = {"optimum.quanto": "optimum-quanto"}
 PIP_SPECS = {"gptqmodel": "gptqmodel==7.6.0"}
 
 
+def quiet_gptqmodel() -> None:
+    """Import gptqmodel (when installed) with its start-up output kept off the console.
+
+    peft imports it whenever it builds LoRA layers, and transformers when it loads a GPTQ/AWQ checkpoint;
+    its first import prints a banner and notes to stdout, which would land in `lmforge chat`'s answers.
+    Importing it here first, quietly, leaves nothing for those imports to print; its logger then says
+    only warnings.
+    """
+    import sys
+
+    if "gptqmodel" in sys.modules or importlib.util.find_spec("gptqmodel") is None:
+        return
+    import contextlib
+    import io
+    import logging
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        import gptqmodel  # noqa: F401
+    logging.getLogger("logbar").setLevel(logging.WARNING)
+
+
 def _missing(modules) -> list[str]:
     missing = []
     for module in modules:
