@@ -4,8 +4,8 @@
 
 Each YAML of train_lora/, train_full/, train_qlora/, inference/, merge_lora/ and extras/ runs unchanged
 except for what cannot exist here: the hub model becomes a tiny local one of the same family (built
-with `lmforge tiny-model`), the dataset folder is lmforge's `data/` (c4_demo becomes pretrain_demo),
-outputs go to a temporary folder, training stops after 2 steps, and an adapter or reward model the
+with `lmforge tiny-model`), the dataset folder is lmforge's `data/` (a dataset it does not bundle becomes a bundled one of the same kind),
+outputs go to a temporary folder, training stops after 2 steps (generation after 16 tokens), and an adapter or reward model the
 config names is a tiny run made first. A training config runs `lmforge train`, an export config
 `lmforge export`, an inference config `lmforge chat` with one question. Each outcome is one of:
 
@@ -28,7 +28,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("train_lora", "train_full", "train_qlora", "inference", "merge_lora", "extras")
-DATASETS = {"c4_demo": "pretrain_demo"}
+# A dataset lmforge does not bundle becomes the bundled one of its kind.
+STAND_INS = {"pt": "pretrain_demo", "rm": "dpo_en_demo", "dpo": "dpo_en_demo", "kto": "kto_en_demo"}
 
 
 def lmforge(*args: str, stdin: str | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -84,14 +85,16 @@ def overrides(settings: dict, models: dict[str, Path], work: Path, out: Path) ->
         return "chat", [*args, "do_sample=false", "max_new_tokens=8"]
     args += [f"dataset_dir={REPO / 'data'}", f"output_dir={out}", "max_steps=2", "logging_steps=1",
              "save_steps=1000", "preprocessing_num_workers=1", "dataloader_num_workers=0", "cutoff_len=256"]
+    bundled = json.loads((REPO / "data" / "dataset_info.json").read_text())
+    stand_in = STAND_INS.get(settings.get("stage"), "identity")
     for key in ("dataset", "eval_dataset"):
         if settings.get(key):
             names = [n.strip() for n in str(settings[key]).split(",")]
-            args.append(f"{key}={','.join(DATASETS.get(n, n) for n in names)}")
+            args.append(f"{key}={','.join(dict.fromkeys(n if n in bundled else stand_in for n in names))}")
     if settings.get("deepspeed"):
         args.append(f"deepspeed={REPO / 'examples' / 'deepspeed' / Path(str(settings['deepspeed'])).name}")
-    if settings.get("stage") == "ppo":
-        args.append("max_new_tokens=16")
+    if settings.get("stage") == "ppo" or settings.get("do_predict"):
+        args.append("max_new_tokens=16")  # a random tiny model writes to the limit
     return "train", args
 
 

@@ -22,8 +22,8 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     # A launched run joins its process group first; only the main process touches output_dir.
     from lmforge.train import engines, optimizers, zero3
 
+    check_fp8(cfg)  # first: an fp8 config's DeepSpeed/FSDP settings are fp8's own
     engines.check(cfg)
-    check_fp8(cfg)
     optimizers.check(cfg)  # a missing optimizer package, before any data or model is loaded
     choose_cpu_precision(cfg)
     distributed.init(cfg.train.ddp_timeout)
