@@ -45,8 +45,9 @@ def check(cfg: RunConfig) -> None:
 
 
 def training_args_overrides(cfg: RunConfig) -> dict:
-    """TrainingArguments settings for GaLore and APOLLO (transformers builds those optimizers); {} otherwise."""
-    check(cfg)
+    """TrainingArguments settings for GaLore and APOLLO (transformers builds those optimizers); {} otherwise.
+
+    `check(cfg)` has run before (train/run.py), so the packages are there."""
     ft = cfg.finetune
     if ft.use_galore:
         name = "galore_adamw_layerwise" if ft.galore_layerwise else "galore_adamw"
