@@ -203,3 +203,29 @@ def test_a_missing_package_is_one_line(tiny_llama_dir, tmp_path, monkeypatch, sw
     with pytest.raises(UserError) as err:
         train(*tiny_args(tiny_llama_dir, tmp_path / "r", finetuning_type="full", **{switch: "true"}))
     assert str(err.value) == f'{switch} needs the {extra} extra: pip install "lmforge[{extra}]"'
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (("finetuning_type=full", "use_galore=true", "use_muon=true"),
+     "use_galore and use_muon each replace the optimizer; keep one of them."),
+    (("use_badam=true",),
+     "use_badam trains the model's own weights, not a lora adapter; set finetuning_type: full (or freeze), or "
+     "remove it."),
+    (("use_adam_mini=true",),
+     "use_adam_mini partitions the model's own weights, not a lora adapter; set finetuning_type: full (or freeze)."),
+    (("use_muon=true", "loraplus_lr_ratio=16"),
+     "'loraplus_lr_ratio' builds its own optimizer, so it cannot be combined with use_muon."),
+    (("finetuning_type=full", "use_galore=true", "galore_layerwise=true", "gradient_accumulation_steps=4"),
+     "layer-wise GaLore/APOLLO updates each layer during backward, so it needs gradient_accumulation_steps: 1."),
+    (("finetuning_type=full", "use_llama_pro=true"),
+     "'use_llama_pro' trains the expanded blocks with finetuning_type freeze or lora (it is full)."),
+    (("finetuning_type=full", "use_badam=true", "badam_mode=block"),
+     "'badam_mode' is 'block', which is not one of: layer, ratio."),
+])
+def test_rules_of_the_optimizers_and_llama_pro(settings, message, tiny_llama_dir, tmp_path):
+    from lmforge.config import parse_config
+    from lmforge.config.parser import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config("train", [*tiny_args(tiny_llama_dir, tmp_path / "x"), *settings])
+    assert message in str(caught.value)
