@@ -6,11 +6,15 @@ its own virtual environment, by default under ~/.cache/llamafactory-peer):
     .venv/bin/python benchmarks/compare_llamafactory.py --model tiny --out benchmarks/results/compare_lf_tiny_cpu.json
     .venv/bin/python benchmarks/compare_llamafactory.py --model 0.5b --repeats 1 \
         --out benchmarks/results/compare_lf_0.5b_cpu.json
+    .venv/bin/python benchmarks/compare_llamafactory.py --stage dpo --model all \
+        --out benchmarks/results/compare_lf_dpo_cpu.json
 
 Both tools read one YAML file, written once per model: LLaMA-Factory's own keys only (a LoRA SFT run on
 the bundled identity and alpaca_en_demo data (221 rows), cutoff 1024, seed 42; the tiny model 4 epochs at
 batch 4, the 0.5b one the first 8 rows of each dataset for one epoch at batch 1), so the data, its order and
-the hyper-parameters are the same. Gradient checkpointing is left unset, so each tool takes its own
+the hyper-parameters are the same. `--stage dpo` runs LoRA DPO (sigmoid loss, beta 0.1, the policy with its
+adapter switched off as the reference) on the bundled `dpo_en_demo` (42 preference pairs) instead: the tiny
+model 4 epochs at batch 2, the 0.5b one the first 8 pairs at batch 1. Gradient checkpointing is left unset, so each tool takes its own
 default. Each run is a child process; the runs alternate (lmforge, LLaMA-Factory, lmforge, ...) for
 `--repeats` rounds so that a change in the machine's load hits both, and the fastest run of each is kept.
 
@@ -46,19 +50,23 @@ MODELS = {
     "tiny": (["--arch", "llama"], "llama3", 4, 1000, 4),
     "0.5b": (["--arch", "qwen2", "--size", "0.5b"], "qwen", 1, 8, 1),
 }
+# stage -> (its own YAML keys, batch size per model where it differs from MODELS')
+STAGES = {
+    "sft": ({"stage": "sft", "dataset": "identity,alpaca_en_demo"}, {}),
+    "dpo": ({"stage": "dpo", "dataset": "dpo_en_demo", "pref_beta": "0.1", "pref_loss": "sigmoid"}, {"tiny": 2}),
+}
 
 
 def write_yaml(path: Path, model_dir: Path, output_dir: Path, template: str, batch: int, max_samples: int,
-               epochs: int, extra: dict[str, str]) -> None:
+               epochs: int, extra: dict[str, str], stage: str = "sft") -> None:
     keys = {
         "model_name_or_path": str(model_dir),
         "trust_remote_code": "false",
-        "stage": "sft",
+        **STAGES[stage][0],
         "do_train": "true",
         "finetuning_type": "lora",
         "lora_target": "all",
         "lora_rank": "8",
-        "dataset": "identity,alpaca_en_demo",
         "dataset_dir": str(REPO / "data"),
         "template": template,
         "cutoff_len": "1024",
@@ -115,7 +123,7 @@ def run_tool(name: str, command: list[str], output_dir: Path, log: Path, threads
 
 def compare(args, model_key: str, work: Path) -> dict:
     arch_args, template, batch, max_samples, epochs = MODELS[model_key]
-    batch = args.batch_size or batch
+    batch = args.batch_size or STAGES[args.stage][1].get(model_key, batch)
     max_samples = args.max_samples or max_samples
     model_dir = work / f"model-{model_key}"
     if not model_dir.exists():
@@ -125,7 +133,7 @@ def compare(args, model_key: str, work: Path) -> dict:
     runs: dict[str, list[dict]] = {"lmforge": [], "llamafactory": []}
     for tool in runs:
         yaml = work / f"{model_key}-{tool}.yaml"
-        write_yaml(yaml, model_dir, work / f"out-{tool}", template, batch, max_samples, epochs, extra)
+        write_yaml(yaml, model_dir, work / f"out-{tool}", template, batch, max_samples, epochs, extra, args.stage)
     for round_ in range(args.repeats):
         for tool, exe in (("lmforge", REPO / ".venv/bin/lmforge"), ("llamafactory", args.peer / "venv/bin/llamafactory-cli")):
             yaml = work / f"{model_key}-{tool}.yaml"
@@ -137,7 +145,7 @@ def compare(args, model_key: str, work: Path) -> dict:
     best = {tool: min(results, key=lambda r: r["train_runtime_s"]) for tool, results in runs.items()}
     lm, lf = best["lmforge"], best["llamafactory"]
     return {
-        "model": model_key, "batch_size": batch, "max_samples": max_samples, "epochs": epochs, "extra_keys": extra,
+        "model": model_key, "stage": args.stage, "batch_size": batch, "max_samples": max_samples, "epochs": epochs, "extra_keys": extra,
         "runs": runs, "best": best,
         "speedup_train_runtime": lf["train_runtime_s"] / lm["train_runtime_s"],
         "tokens_per_s_ratio": (lm["tokens_per_s"] / lf["tokens_per_s"]) if lm["tokens_per_s"] and lf["tokens_per_s"]
@@ -154,11 +162,11 @@ def render(report: dict) -> str:
         for tool in ("lmforge", "llamafactory"):
             r = result["best"][tool]
             tps = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
-            lines.append(f"| {result['model']} | {tool} | {r['train_runtime_s']:.1f} | {tps} | "
+            lines.append(f"| {result['model']} {result.get('stage', 'sft')} | {tool} | {r['train_runtime_s']:.1f} | {tps} | "
                          f"{r['peak_rss_mib']:.0f} | {r['train_loss']:.4f} |")
     lines.append("")
     for result in report["results"]:
-        lines.append(f"{result['model']}: speed x{result['speedup_train_runtime']:.2f} (train_runtime), "
+        lines.append(f"{result['model']} {result.get('stage', 'sft')}: speed x{result['speedup_train_runtime']:.2f} (train_runtime), "
                      f"peak RSS x{result['peak_rss_ratio']:.2f}, loss difference {result['loss_difference']:+.4f}")
     return "\n".join(lines)
 
@@ -166,6 +174,7 @@ def render(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=[*MODELS, "all"], default="tiny")
+    parser.add_argument("--stage", choices=list(STAGES), default="sft")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-samples", type=int)

@@ -46,36 +46,51 @@ def _loss_and_grads(model, compute):
     return loss.detach(), grads
 
 
+def _full_model(model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.train()
+    return model
+
+
 @pytest.mark.parametrize("arch_fixture", ["tiny_llama_dir", "tiny_qwen_dir"])
 @pytest.mark.parametrize("num_items", [None, 40])
 @pytest.mark.parametrize("chunk_rows", [None, 4])
-def test_the_loss_and_gradients_match_transformers(arch_fixture, num_items, chunk_rows, request, monkeypatch):
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_the_loss_and_gradients_match_transformers(arch_fixture, num_items, chunk_rows, tuning, request, monkeypatch):
     import torch
 
     from lmforge.train import loss as loss_module
 
-    model = _lora_model(request.getfixturevalue(arch_fixture))
-    if chunk_rows:  # chunks of 4 rows, each recomputed in the backward pass
+    model_dir = request.getfixturevalue(arch_fixture)
+    model = _lora_model(model_dir) if tuning == "lora" else _full_model(model_dir)
+    if chunk_rows:
         monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", chunk_rows * model.config.vocab_size)
     batch = _batch()
     kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
     expected, expected_grads = _loss_and_grads(model, lambda: model(**batch, **kwargs).loss)
-    rows_seen = []
-    hook = model.get_base_model().lm_head.register_forward_hook(
-        lambda _m, args, _out: rows_seen.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    head_rows, chunk_sizes = [], []
+    head = (model.get_base_model() if tuning == "lora" else model).lm_head
+    hook = head.register_forward_hook(lambda _m, args, _out: head_rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    logsumexp = torch.logsumexp
+    monkeypatch.setattr(torch, "logsumexp", lambda x, *a, **k: chunk_sizes.append(x.shape[0]) or logsumexp(x, *a, **k))
     got, got_grads = _loss_and_grads(model, lambda: loss_module.supervised_loss(model, batch, kwargs.get(
         "num_items_in_batch")))
     hook.remove()
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (got, expected)
     assert got_grads.keys() == expected_grads.keys()
+    if tuning == "full":
+        assert "lm_head.weight" in got_grads or "model.embed_tokens.weight" in got_grads
     for name, grad in expected_grads.items():
-        assert torch.allclose(got_grads[name], grad, rtol=1e-4, atol=1e-6), name
-    # The head ran on one position per row (the model's own logits), then on the 14 + 13 supervised
-    # positions only (row 0 predicts tokens 10..23, row 1 tokens 5..17), not on all 3 x 24.
-    if chunk_rows:  # 4-row chunks, run again in the backward pass (all but the 3-row tail)
-        assert rows_seen[0] == 3 and max(rows_seen[1:]) == 4 and sum(rows_seen[1:]) == 27 + 24  # the 3-row tail is under the size, kept
-    else:
-        assert rows_seen == [3, 27]
+        assert torch.allclose(got_grads[name], grad, rtol=1e-4, atol=1e-5), (name, (got_grads[name] - grad).abs().max())
+    # The model's own head ran on one position per row; the loss then took the 14 + 13 supervised
+    # positions only (row 0 predicts tokens 10..23, row 1 tokens 5..17), not all 3 x 24, in chunks.
+    assert head_rows == [3]
+    assert chunk_sizes == ([4] * 6 + [3] if chunk_rows else [27])
+
 
 def test_models_with_other_logits_keep_the_transformers_loss(tiny_vl_dir):
     from transformers import AutoConfig, Gemma2Config
@@ -104,3 +119,40 @@ def test_training_logs_the_same_losses_with_and_without_it(tiny_llama_dir, tmp_p
         runs[value] = _losses(out)
     assert len(runs["true"]) == 3
     assert runs["true"] == pytest.approx(runs["false"], rel=1e-4)
+
+
+@pytest.mark.parametrize("arch_fixture", ["tiny_llama_dir", "tiny_qwen_dir"])
+@pytest.mark.parametrize("chunk_rows", [None, 4])
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_preference_scores_and_gradients_match_the_full_logits(arch_fixture, chunk_rows, tuning, request,
+                                                               monkeypatch):
+    import torch
+
+    from lmforge.train import loss as loss_module
+    from lmforge.train.pref_losses import sequence_logps
+
+    model_dir = request.getfixturevalue(arch_fixture)
+    model = _lora_model(model_dir) if tuning == "lora" else _full_model(model_dir)
+    if chunk_rows:
+        monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", chunk_rows * model.config.vocab_size)
+    batch = _batch()
+    weights = torch.tensor([0.7, -1.3, 2.0])  # a per-sequence upstream gradient, as a DPO loss gives
+
+    def scores_of(compute):
+        model.zero_grad()
+        sums, counts = compute()
+        (sums * weights).sum().backward()
+        return sums.detach(), counts, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    expected, expected_counts, expected_grads = scores_of(
+        lambda: sequence_logps(model(input_ids=ids, attention_mask=mask).logits, labels))
+    got, counts, grads = scores_of(lambda: loss_module.label_logps(model, ids, mask, labels))
+    assert counts.tolist() == expected_counts.tolist() == [14, 13, 0]
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-4), (got, expected)
+    assert got[2] == 0.0
+    for name, grad in expected_grads.items():
+        assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-5), (name, (grads[name] - grad).abs().max())
+    with torch.no_grad():  # the reference's scores: no gradient kept
+        ref, _ = loss_module.label_logps(model, ids, mask, labels)
+    assert ref.grad_fn is None and torch.allclose(ref, expected, rtol=1e-5, atol=1e-4)

@@ -60,17 +60,20 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
 # Share of the memory left after the model (and its trainable states) that the activations may take before
 # checkpointing is switched on by itself: the rest is for the batch, the loss, the allocator's slack.
 ACTIVATION_SHARE = 0.5
-AUTO_CHECKPOINTING_STAGES = ("sft", "pt")
+# Sequences one sample puts through the policy's forward pass with gradients: a pair's chosen and rejected
+# answers (dpo, rm), a kto row and its mismatched KL row. PPO and GRPO (rollouts, value model) keep
+# checkpointing on unless told otherwise.
+SEQUENCES_PER_SAMPLE = {"sft": 1, "pt": 1, "dpo": 2, "rm": 2, "kto": 2}
 
 
 def use_checkpointing(cfg: RunConfig, model) -> bool:
-    """Whether to recompute activations: the user's `disable_gradient_checkpointing` when set; otherwise (sft
-    and pt) only when a full batch's activations would not fit comfortably in the memory left."""
+    """Whether to recompute activations: the user's `disable_gradient_checkpointing` when set; otherwise (sft,
+    pt, dpo, kto, rm) only when a full batch's activations would not fit comfortably in the memory left."""
     setting = cfg.model.disable_gradient_checkpointing
     if setting is not None:
         return not setting
-    if cfg.finetune.stage not in AUTO_CHECKPOINTING_STAGES:
-        return True  # pairs, reference and value models: LLaMA-Factory's default, on
+    if cfg.finetune.stage not in SEQUENCES_PER_SAMPLE:
+        return True  # rollouts and value models: LLaMA-Factory's default, on
     import os
 
     import torch
@@ -85,21 +88,35 @@ def use_checkpointing(cfg: RunConfig, model) -> bool:
         free //= max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
     params = list(model.parameters())
     dtype_bytes = params[0].element_size() if params else 4
+    weights = sum(p.numel() * p.element_size() for p in params)
     if device != "cpu":  # the weights are still in host memory; on the GPU they will take their share
-        free -= sum(p.numel() * p.element_size() for p in params)
+        free -= weights
+    if _separate_reference(cfg):  # loaded after the policy: a second copy of the weights
+        free -= weights
     if cfg.finetune.finetuning_type not in ("lora", "oft"):
         # Gradients and Adam's two moments of every trainable weight (float32), not yet allocated.
         trainable = sum(p.numel() for p in params if p.requires_grad)
         free -= trainable * 12
-    tokens = cfg.train.per_device_train_batch_size * cfg.data.cutoff_len
+    sequences = cfg.train.per_device_train_batch_size * SEQUENCES_PER_SAMPLE[cfg.finetune.stage]
+    tokens = sequences * cfg.data.cutoff_len
     need = activation_bytes(model.config, tokens, dtype_bytes, eager_attention=cfg.model.flash_attn == "disabled",
                             seq_len=cfg.data.cutoff_len)
     on = need > ACTIVATION_SHARE * max(free, 0)
     logger.info(
-        f"Gradient checkpointing {'on' if on else 'off'}: a {cfg.train.per_device_train_batch_size} x "
+        f"Gradient checkpointing {'on' if on else 'off'}: a {sequences} x "
         f"{cfg.data.cutoff_len}-token batch keeps about {gib(need)} of activations, with {gib(max(free, 0))} free "
         f"on the {device} (set disable_gradient_checkpointing to choose).")
     return on
+
+
+def _separate_reference(cfg: RunConfig) -> bool:
+    """Whether a preference stage loads a reference model of its own (LoRA's is the policy, adapters off)."""
+    from lmforge.train.pref_losses import NO_REFERENCE
+
+    ft = cfg.finetune
+    if ft.stage not in ("dpo", "kto") or (ft.stage == "dpo" and ft.pref_loss in NO_REFERENCE):
+        return False
+    return bool(ft.ref_model) or ft.finetuning_type not in ("lora", "oft")
 
 
 def training_callbacks(cfg: RunConfig, resume_from: str | None, extra=()) -> list:

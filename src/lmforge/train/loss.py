@@ -4,14 +4,17 @@ transformers computes logits for every position of the batch, upcasts them to fl
 the positions whose label is -100 (prompt, padding). With a 150k vocabulary that tokens x vocabulary
 tensor, its log-softmax and its gradient dominate memory and much of the step. Here the model's forward
 stops at the decoder's hidden states (the output head runs on one position only), the hidden states of
-the supervised positions are gathered, and the head and cross-entropy run on them in chunks; a chunk
-whose float32 logits would be large is recomputed in the backward pass instead of kept. The loss is the
-same sum over the same tokens with the same divisor, so the value and the gradients match transformers'.
+the supervised positions are gathered, and the head and cross-entropy run on them in chunks. For plain
+cross-entropy each chunk's gradients are computed as soon as its logits are (the loss is the graph's last
+node), so no chunk's logits outlive it; the weighted variants (DFT, EAFT, ASFT) recompute a large chunk in
+the backward pass instead. The loss is the same sum over the same tokens with the same divisor, so the
+value and the gradients match transformers'.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,7 +25,9 @@ IGNORE_INDEX = -100
 # Decoder-only models whose logits are exactly `lm_head(final hidden state)`: no soft-capping, logit
 # scaling or router loss added to the language-model loss (those keep transformers' own loss).
 MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "olmo2", "starcoder2"})
-# Float32 logits per chunk, in elements (64 MiB); chunks are recomputed in backward above this size.
+# Float32 logits per chunk, in elements (64 MiB). Smaller chunks would read the head's weight (136M
+# values for a 150k vocabulary) more often per step; the weighted variants recompute a chunk of this size
+# in the backward pass.
 CHUNK_ELEMENTS = 1 << 24
 
 
@@ -86,19 +91,12 @@ def supervised_loss(model, inputs: dict, num_items_in_batch=None, variant: Varia
     if targets.numel():
         vocab = features.shape[-1] if head is None else head.weight.shape[0]
         rows = max(1, CHUNK_ELEMENTS // vocab)
-        for start in range(0, targets.numel(), rows):
-            part, part_targets = features[start:start + rows], targets[start:start + rows]
-            part_ref = None
-            if ref_features is not None:
-                with torch.no_grad(), _reference(model, ref):
-                    part_ref = _logits(ref_head, ref_features[start:start + rows])
-            if part.shape[0] * vocab >= CHUNK_ELEMENTS and torch.is_grad_enabled():
-                from torch.utils.checkpoint import checkpoint
-
-                ce, div = checkpoint(_chunk_loss, head, part, part_targets, variant, part_ref, use_reentrant=False)
-            else:
-                ce, div = _chunk_loss(head, part, part_targets, variant, part_ref)
-            total, kl = total + ce, kl + div
+        if variant is None and _plain_head(head):
+            need_hidden = torch.is_grad_enabled() and features.requires_grad
+            need_weight = torch.is_grad_enabled() and head.weight.requires_grad
+            total = _head_cross_entropy().apply(features, head.weight, targets, rows, need_hidden, need_weight)
+        else:
+            total, kl = _weighted_loss(model, ref, head, features, targets, ref_features, ref_head, variant, rows)
     else:
         total = total + features.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) alive
     if num_items_in_batch is None:
@@ -110,6 +108,66 @@ def supervised_loss(model, inputs: dict, num_items_in_batch=None, variant: Varia
     if variant is not None and variant.kind == "asft" and targets.numel():
         loss = loss + variant.alpha * kl / targets.numel()  # the KL is a mean over this batch's trained tokens
     return loss
+
+
+def label_logps(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the label tokens' log-probabilities, number of label tokens) per row, as the preference stages
+    score a sequence, with the output head run at the label positions only (as `supervised_loss` does)."""
+    import torch
+
+    features, targets, head = _supervised_features(
+        model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}, False)
+    shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    keep = shift_labels != IGNORE_INDEX
+    rows_of = keep.nonzero(as_tuple=True)[0].to(features.device)
+    rows = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
+    if _plain_head(head) and not (torch.is_grad_enabled() and head.weight.requires_grad):
+        need_hidden = torch.is_grad_enabled() and features.requires_grad
+        per_token = _head_log_probs().apply(features, head.weight, targets, rows, need_hidden)
+    else:  # the head itself is trained (or wrapped): autograd, a large chunk recomputed in backward
+        parts = []
+        for start in range(0, targets.numel(), rows):
+            part, part_targets = features[start:start + rows], targets[start:start + rows]
+            if part.shape[0] * head.weight.shape[0] >= CHUNK_ELEMENTS and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                parts.append(checkpoint(_chunk_log_probs, head, part, part_targets, use_reentrant=False))
+            else:
+                parts.append(_chunk_log_probs(head, part, part_targets))
+        per_token = torch.cat(parts) if parts else features.new_zeros((0,), dtype=torch.float32)
+    sums = per_token.new_zeros(labels.shape[0]).index_add(0, rows_of, per_token)
+    if not targets.numel():
+        sums = sums + features.sum() * 0.0  # keeps the graph alive
+    return sums, keep.sum(-1).to(sums.device)
+
+
+def _chunk_log_probs(head, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    logits = _logits(head, features)
+    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+
+def _weighted_loss(model, ref, head, features, targets, ref_features, ref_head, variant, rows):
+    """(summed token losses, summed KL) chunk by chunk through autograd; a large chunk is recomputed in backward."""
+    import torch
+
+    total = features.new_zeros((), dtype=torch.float32)
+    kl = features.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), rows):
+        part, part_targets = features[start:start + rows], targets[start:start + rows]
+        part_ref = None
+        if ref_features is not None:
+            with torch.no_grad(), _reference(model, ref):
+                part_ref = _logits(ref_head, ref_features[start:start + rows])
+        if part.shape[0] * (part.shape[-1] if head is None else head.weight.shape[0]) >= CHUNK_ELEMENTS and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            ce, div = checkpoint(_chunk_loss, head, part, part_targets, variant, part_ref, use_reentrant=False)
+        else:
+            ce, div = _chunk_loss(head, part, part_targets, variant, part_ref)
+        total, kl = total + ce, kl + div
+    return total, kl
 
 
 def _supervised_features(model, inputs: dict, full_logits: bool):
@@ -177,6 +235,105 @@ def _chunk_loss(head, features: torch.Tensor, targets: torch.Tensor, variant: Va
         ref_log = torch.log_softmax(ref_logits, dim=-1)
         kl = (ref_log.exp() * (ref_log - torch.log_softmax(logits, dim=-1))).sum()  # KL(reference || policy)
     return (ce * weight).sum(), kl
+
+
+def _plain_head(head) -> bool:
+    """Whether `head` is exactly `hidden @ weight.T`: a plain Linear without bias (not quantized, no adapter)."""
+    import torch
+
+    return head is not None and type(head) is torch.nn.Linear and head.bias is None
+
+
+@functools.cache
+def _head_cross_entropy():
+    import torch
+
+    class HeadCrossEntropy(torch.autograd.Function):
+        """Summed cross-entropy of `hidden @ weight.T` against `targets`, chunk by chunk, gradients included.
+
+        The loss is the graph's last node, so the gradients of the hidden states and of the head's weight
+        are known as soon as a chunk's logits are: they are computed here, in the forward pass, and the
+        chunk's logits are freed at once. transformers keeps the logits' log-softmax until the backward
+        pass and then allocates gradients of the same size; here nothing of vocabulary size outlives a
+        chunk, and no chunk is computed twice.
+        """
+
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, rows, need_hidden, need_weight):
+            grad_hidden = torch.empty_like(hidden) if need_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+            total = hidden.new_zeros((), dtype=torch.float32)
+            for start in range(0, hidden.shape[0], rows):
+                part, part_targets = hidden[start:start + rows], targets[start:start + rows]
+                w = weight if weight.dtype == part.dtype else weight.to(part.dtype)
+                logits = torch.nn.functional.linear(part, w).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, part_targets[:, None]).squeeze(1)).sum()
+                if not (need_hidden or need_weight):
+                    continue
+                # d(summed loss)/d(logits) = softmax - one_hot(target), built in place of the logits.
+                logits.sub_(lse[:, None]).exp_()
+                logits[torch.arange(part.shape[0], device=part.device), part_targets] -= 1.0
+                grad_logits = logits.to(w.dtype)
+                del logits
+                if need_hidden:
+                    grad_hidden[start:start + rows] = grad_logits @ w
+                if need_weight:
+                    grad_weight.addmm_(grad_logits.t().float(), part.float())
+            ctx.weight_dtype = weight.dtype
+            ctx.save_for_backward(grad_hidden, grad_weight)
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            grad_hidden, grad_weight = ctx.saved_tensors
+            if grad_hidden is not None:
+                grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+            if grad_weight is not None:
+                grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype)
+            return grad_hidden, grad_weight, None, None, None, None
+
+    return HeadCrossEntropy
+
+
+@functools.cache
+def _head_log_probs():
+    import torch
+
+    class HeadLogProbs(torch.autograd.Function):
+        """log p(target) of each row of `hidden @ weight.T`, chunk by chunk, for a head that is not trained.
+
+        Each token's log-probability depends on its own hidden state only, through a fixed head, so its
+        gradient with respect to that state, (one_hot(target) - softmax) @ weight, is computed as soon as the
+        chunk's logits are; the backward pass only scales it by the incoming gradient. No chunk's logits
+        outlive it and none is computed twice.
+        """
+
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, rows, need_hidden):
+            out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+            slopes = torch.empty_like(hidden) if need_hidden else None
+            for start in range(0, hidden.shape[0], rows):
+                part, part_targets = hidden[start:start + rows], targets[start:start + rows]
+                w = weight if weight.dtype == part.dtype else weight.to(part.dtype)
+                logits = torch.nn.functional.linear(part, w).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                out[start:start + rows] = logits.gather(1, part_targets[:, None]).squeeze(1) - lse
+                if need_hidden:
+                    logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                    logits[torch.arange(part.shape[0], device=part.device), part_targets] -= 1.0
+                    slopes[start:start + rows] = -(logits.to(w.dtype) @ w)
+                del logits
+            ctx.save_for_backward(slopes)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (slopes,) = ctx.saved_tensors
+            grad = None if slopes is None else slopes * grad_output[:, None].to(slopes.dtype)
+            return grad, None, None, None, None
+
+    return HeadLogProbs
 
 
 def _unwrap(model):

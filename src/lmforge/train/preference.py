@@ -1,7 +1,8 @@
 """The trainer of the dpo and kto stages: ForgeTrainer (atomic checkpoints, LoRA+) with a preference loss.
 
 One forward pass scores a batch: for dpo the chosen and rejected sequences together (the pairwise
-collator puts them in one batch), for kto the answers and their mismatched KL pairs. The reference
+collator puts them in one batch), for kto the answers and their mismatched KL pairs. With
+`trained_logits_only` (the default, where exact) the output head runs at the answer tokens only. The reference
 model is `ref_model` when given, else the policy with its LoRA adapters switched off (no second copy
 in memory); orpo and simpo need none. The logged metrics carry trl's names (rewards/chosen,
 rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected; kl for kto).
@@ -31,12 +32,31 @@ class PreferenceTrainer(ForgeTrainer):
 
             ref_model = frozen_for_zero3(ref_model, self.accelerator)
         self.ref_model = ref_model
+        self._ref_head_ok: bool | None = None
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     # -- scoring -----------------------------------------------------------------------------------
     def _logps(self, model, batch: dict, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(input_ids=batch[f"{prefix}input_ids"], attention_mask=batch[f"{prefix}attention_mask"]).logits
-        return sequence_logps(logits, batch[f"{prefix}labels"])
+        ids, mask, labels = batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], batch[f"{prefix}labels"]
+        if self._head_at_labels_only(model):
+            from lmforge.train.loss import label_logps
+
+            return label_logps(model, ids, mask, labels)
+        return sequence_logps(model(input_ids=ids, attention_mask=mask).logits, labels)
+
+    def _head_at_labels_only(self, model) -> bool:
+        """`trained_logits_only` for the scores: the output head at the answer tokens only, where exact."""
+        if self._supervised_loss_ok is None:
+            self._supervised_loss_ok = self._supervised_loss_possible()
+        if not self._supervised_loss_ok:
+            return False
+        if model is self.ref_model:
+            from lmforge.train.loss import applies
+
+            if self._ref_head_ok is None:
+                self._ref_head_ok = applies(model)
+            return self._ref_head_ok
+        return True
 
     def _reference(self):
         """A context in which `model` is the reference, and that model (None when there is none)."""
