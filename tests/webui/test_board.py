@@ -32,9 +32,11 @@ STARTUP_TIMEOUT_S = 240
 JOB_TIMEOUT_MS = 300_000
 IMAGES = REPO_ROOT / "docs" / "images"
 PLACEHOLDERS = '{"name": "ForgeBot", "author": "the lmforge team"}'
-# The quick start's settings (examples/train_lora/tiny_llama_lora_sft.yaml), set through the page.
-FIELDS = {"learning_rate": "5e-3", "num_train_epochs": "10", "cutoff_len": "512", "per_device_train_batch_size": "4",
-          "gradient_accumulation_steps": "1", "logging_steps": "10", "save_steps": "100"}
+# The quick start's settings (examples/train_lora/tiny_llama_lora_sft.yaml), set through the page, with 40 epochs
+# instead of 10 (and logs and checkpoints as often per epoch): the job must still be running after the queue and
+# cancel steps below (10 epochs take ~3 s).
+FIELDS = {"learning_rate": "5e-3", "num_train_epochs": "40", "cutoff_len": "512", "per_device_train_batch_size": "4",
+          "gradient_accumulation_steps": "1", "logging_steps": "40", "save_steps": "400"}
 EXTRA = '{"disable_gradient_checkpointing": true, "warmup_ratio": 0.1, "seed": 42}'
 
 
@@ -171,7 +173,7 @@ def test_board_trains_resumes_chats_and_exports(project, tmp_path):
         page.locator("#cmd_preview").click()
         command = wait_text(page, "command_box", r"lmforge train")
         assert f"lmforge train {output_dir}/training_args.yaml" in command
-        for line in ("stage: sft", "dataset: identity", "learning_rate: 0.005", "num_train_epochs: 10",
+        for line in ("stage: sft", "dataset: identity", "learning_rate: 0.005", "num_train_epochs: 40",
                      "per_device_train_batch_size: 4", "name: ForgeBot"):
             assert line in command, line
 
@@ -181,7 +183,7 @@ def test_board_trains_resumes_chats_and_exports(project, tmp_path):
         page.wait_for_function("() => { const b = document.querySelector('#progress .lmforge-progress');"
                                " return b && +b.dataset.current >= 10; }", timeout=JOB_TIMEOUT_MS)
         first, total = progress(page)
-        assert total == 240
+        assert total == 960
         first_summary = wait_text(page, "loss_summary", r"logged steps")
         page.wait_for_function("([s]) => +document.querySelector('#progress .lmforge-progress').dataset.current > s",
                                arg=[first], timeout=JOB_TIMEOUT_MS)
@@ -217,7 +219,7 @@ def test_board_trains_resumes_chats_and_exports(project, tmp_path):
         log = page.locator("#log_box textarea").input_value()
         assert f"Resuming from {checkpoints[-1]}" in log, log
         assert (Path(output_dir) / "adapter_model.safetensors").is_file()
-        assert progress(page) == (240, 240)
+        assert progress(page) == (960, 960)
 
         # Chat with the result.
         page.locator("#refresh_adapters").click()

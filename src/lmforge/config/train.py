@@ -102,6 +102,20 @@ class TrainArguments:
         default=False, metadata={"help": "Recompute activations to save memory.", "read_by": (TRAINING,)}
     )
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name.", "read_by": (TRAINING,)})
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "Compile each decoder layer with torch.compile (regional compilation).", "read_by": (TRAINING,)},
+    )
+    torch_compile_backend: str | None = field(
+        default=None,
+        metadata={"help": "torch.compile backend (default inductor); setting it turns torch_compile on.",
+                  "read_by": (TRAINING,)},
+    )
+    torch_compile_mode: str | None = field(
+        default=None,
+        metadata={"help": "torch.compile mode (default, reduce-overhead, max-autotune); setting it turns "
+                          "torch_compile on.", "read_by": (TRAINING,)},
+    )
     report_to: list[str] | None = field(
         default=None, metadata={"help": "none, tensorboard, wandb, ... (comma list).", "read_by": (TRAINING,)}
     )

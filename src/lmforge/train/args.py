@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 _OWN_FIELDS = {"hf_passthrough", "overwrite_output_dir", "evaluation_strategy", "warmup_ratio", "logging_dir",
                "ray_num_workers", "ray_init_kwargs", "resources_per_worker", "placement_strategy", "ray_run_name",
                "ray_storage_path", "ray_storage_filesystem", "master_addr", "master_port", "fp8", "fp8_backend",
-               "fp8_enable_fsdp_float8_all_gather"}
+               "fp8_enable_fsdp_float8_all_gather",
+               # lmforge compiles the decoder layers itself (`lmforge.train.compile`); the Trainer would compile
+               # the whole model, around the hooks that the supervised-positions loss relies on.
+               "torch_compile", "torch_compile_backend", "torch_compile_mode"}
 # Fields of ours that only Seq2SeqTrainingArguments has (sft prediction): left out for other argument classes.
 _SEQ2SEQ_FIELDS = {"predict_with_generate", "generation_max_length", "generation_num_beams"}
 

@@ -51,6 +51,10 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
             if param.ndim == 1 and "norm" in name:
                 param.data = param.data.to(torch.float32)
     model = init_adapter(model, cfg.model, cfg.finetune, trainable=trainable)
+    from lmforge.train import compile as regional
+
+    if trainable and regional.wanted(cfg.train):
+        regional.compile_layers(model, cfg.train)  # after the adapters, which the compiled layers must contain
     if cfg.model.print_param_status:
         for name, param in model.named_parameters():
             print(f"name: {name}, dtype: {param.dtype}, device: {param.device}, trainable: {param.requires_grad}")

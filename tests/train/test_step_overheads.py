@@ -1,0 +1,58 @@
+"""The per-step module walks the Trainer makes (train(), zero_grad(), the clipping's parameter list) are
+skipped without changing the modes, gradients or norms a step sees."""
+
+from __future__ import annotations
+
+
+def _lora_model(model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    return get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+
+
+def test_cheap_walks_keep_modes_and_clear_gradients(tiny_llama_dir):
+    import torch
+
+    from lmforge.train.trainer import _cheap_module_walks
+
+    model = _lora_model(tiny_llama_dir)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with _cheap_module_walks(model, trainable):
+        model.eval()  # evaluation in the middle of training: every module leaves training mode
+        assert not any(m.training for m in model.modules())
+        model.train()
+        assert all(m.training for m in model.modules())
+        ids = torch.arange(10, 26).reshape(2, 8)
+        model(input_ids=ids, labels=ids).loss.backward()
+        assert all(p.grad is not None for p in trainable)
+        model.zero_grad()
+        assert all(p.grad is None for p in model.parameters())
+    # Outside the run the model's own methods are back.
+    assert "train" not in model.__dict__ and "zero_grad" not in model.__dict__
+
+
+def test_training_with_evaluation_logs_the_same_as_before(tiny_llama_dir, tmp_path, one_thread, monkeypatch):
+    import json
+
+    import pytest
+
+    from lmforge.train import trainer as trainer_module
+    from tests.train.conftest import tiny_args, train
+
+    def run(out):
+        train(*tiny_args(tiny_llama_dir, out, max_steps=4, do_eval="true", val_size=8, eval_strategy="steps",
+                         eval_steps=2, max_grad_norm=0.5))
+        state = json.loads((out / "trainer_state.json").read_text())
+        return [(e.get("loss"), e.get("grad_norm"), e.get("eval_loss")) for e in state["log_history"]
+                if "loss" in e or "eval_loss" in e]
+
+    fast = run(tmp_path / "fast")
+    monkeypatch.setattr(trainer_module.ForgeTrainer, "_cheap_walks_possible", lambda self, model: False)
+    slow = run(tmp_path / "slow")
+    assert len(fast) == 6  # 4 training logs and 2 evaluations
+    for got, expected in zip(fast, slow):
+        assert [g is None for g in got] == [e is None for e in expected]
+        assert [g for g in got if g is not None] == pytest.approx([e for e in expected if e is not None], rel=1e-5)
