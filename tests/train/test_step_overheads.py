@@ -1,5 +1,6 @@
 """The per-step module walks the Trainer makes (train(), zero_grad(), the clipping's parameter list) are
-skipped without changing the modes, gradients or norms a step sees."""
+skipped, and Adam updates CPU tensors in batches, without changing the modes, gradients, norms or weights a
+step sees."""
 
 from __future__ import annotations
 
@@ -51,8 +52,32 @@ def test_training_with_evaluation_logs_the_same_as_before(tiny_llama_dir, tmp_pa
 
     fast = run(tmp_path / "fast")
     monkeypatch.setattr(trainer_module.ForgeTrainer, "_cheap_walks_possible", lambda self, model: False)
+    monkeypatch.setattr(trainer_module, "_multi_tensor_on_cpu", lambda optimizer: None)
     slow = run(tmp_path / "slow")
     assert len(fast) == 6  # 4 training logs and 2 evaluations
     for got, expected in zip(fast, slow):
         assert [g is None for g in got] == [e is None for e in expected]
         assert [g for g in got if g is not None] == pytest.approx([e for e in expected if e is not None], rel=1e-5)
+
+
+def test_adam_on_cpu_updates_in_batches_to_the_same_weights():
+    import torch
+
+    from lmforge.train.trainer import _multi_tensor_on_cpu
+
+    def weights_after(batched: bool):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape)) for shape in [(8, 64), (64, 8), (8,), (3, 5, 7)] * 3]
+        optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+        if batched:
+            _multi_tensor_on_cpu(optimizer)
+            assert all(group["foreach"] is True for group in optimizer.param_groups)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            for param in params:
+                param.grad = torch.randn(param.shape, generator=generator)
+            optimizer.step()
+        return params
+
+    for got, expected in zip(weights_after(True), weights_after(False)):
+        assert torch.equal(got, expected)
