@@ -53,3 +53,35 @@ def test_bf16_follows_what_the_cpu_computes(native, monkeypatch, tiny_llama_dir,
         assert seen.dtypes == {torch.float32}
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+
+
+@pytest.mark.parametrize("gpu_bf16, overrides, expected", [
+    (True, {}, True),  # unset, on a GPU that computes bf16: chosen, said in one line
+    (False, {}, False),  # unset, on a CPU or an older GPU: float32
+    (True, {"bf16": "false"}, False),  # an explicit setting always wins
+    (True, {"fp16": "true"}, False),
+    (True, {"pure_bf16": "true"}, False),
+])
+def test_unset_bf16_is_chosen_where_the_gpu_computes_it(gpu_bf16, overrides, expected, monkeypatch, tiny_llama_dir,
+                                                         tmp_path):
+    from lmforge.commands.common import load_config
+    from lmforge.train.args import build_training_args
+    from lmforge.train.run import choose_precision
+
+    monkeypatch.setattr(hardware, "cuda_has_bf16", lambda: gpu_bf16)
+    cfg = load_config("train", tiny_args(tiny_llama_dir, tmp_path / "out", **overrides))
+    assert cfg.train.bf16 is (None if "bf16" not in overrides else False)
+    records: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("lmforge").addHandler(handler)
+    try:
+        choose_precision(cfg)
+    finally:
+        logging.getLogger("lmforge").removeHandler(handler)
+    assert cfg.train.bf16 is expected
+    lines = [line for line in records if line.startswith("bf16:")]
+    assert lines == (["bf16: not set, and this GPU computes bf16 natively: training in bf16 mixed precision "
+                      "(set bf16: false for float32)."] if expected else [])
+    if not expected and not cfg.train.fp16:  # fp16 is refused on this CPU-only machine
+        assert build_training_args(cfg, None).bf16 is False

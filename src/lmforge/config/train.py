@@ -93,7 +93,12 @@ class TrainArguments:
     )
     seed: int = field(default=42, metadata={"help": "Random seed.", "read_by": (TRAINING, DATASET)})
     data_seed: int | None = field(default=None, metadata={"help": "Seed of the data sampler.", "read_by": (TRAINING,)})
-    bf16: bool = field(default=False, metadata={"help": "Mixed precision with bfloat16.", "read_by": (TRAINING,)})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "Mixed precision with bfloat16. Unset: on where a CUDA GPU computes bf16 natively (compute "
+                          "capability 8.0 or newer) and fp16 and pure_bf16 are off; float32 elsewhere.",
+                  "read_by": (TRAINING,)},
+    )
     fp16: bool = field(default=False, metadata={"help": "Mixed precision with float16.", "read_by": (TRAINING,)})
     tf32: bool | None = field(
         default=None, metadata={"help": "Allow TF32 matmuls on Ampere+ GPUs.", "read_by": (TRAINING,)}

@@ -83,6 +83,7 @@ def build_training_args(cfg: RunConfig, resume_from: str | None, args_class: typ
     if train.warmup_ratio and not train.warmup_steps:
         kwargs["warmup_steps"] = train.warmup_ratio  # transformers 5 reads a float below 1 as a ratio
     kwargs["resume_from_checkpoint"] = resume_from
+    kwargs["bf16"] = bool(kwargs.get("bf16"))  # unset means off where `train.run.choose_precision` did not decide
     kwargs["remove_unused_columns"] = False  # our collators need every processed column
     kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
     kwargs["disable_tqdm"] = True  # the console progress bar is ours

@@ -25,7 +25,7 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     check_fp8(cfg)  # first: an fp8 config's DeepSpeed/FSDP settings are fp8's own
     engines.check(cfg)
     optimizers.check(cfg)  # a missing optimizer package, before any data or model is loaded
-    choose_cpu_precision(cfg)
+    choose_precision(cfg)
     distributed.init(cfg.train.ddp_timeout)
     resume_from = _prepare_output_dir(cfg, prepare_output_dir, distributed)
     from transformers import set_seed
@@ -58,18 +58,26 @@ def check_fp8(cfg: RunConfig) -> None:
     raise UserError("fp8 training is not available in lmforge yet. Remove fp8; bf16 trains at full quality on this GPU.")
 
 
-def choose_cpu_precision(cfg: RunConfig) -> None:
-    """On a CPU-only machine, keep `bf16` only where the CPU computes it natively; say which in one line.
+def choose_precision(cfg: RunConfig) -> None:
+    """Settle `bf16` (True or False) before anything reads it; say in one line what was chosen for the user.
 
-    LLaMA-Factory's configs all set `bf16: true` for GPUs; emulated bf16 on a CPU is about 30x slower
-    than float32, so such a run trains in float32 instead (`pure_bf16`, asked for explicitly, stays).
+    Unset, it is on where a CUDA GPU computes bf16 natively (Ampere and newer: the fast and accurate choice
+    there, and what LLaMA-Factory's configs ask for) unless fp16 or pure_bf16 is set, and off elsewhere: CPUs
+    are left in float32 unless asked, since bf16 has not been measured faster than float32 on one here.
+    Set on a CPU-only machine, it is kept only where the CPU computes bf16 natively: emulated bf16 is about
+    30x slower than float32, so such a run trains in float32 instead (`pure_bf16`, asked for explicitly, stays).
     """
     from lmforge.utils import hardware
-
-    if not cfg.train.bf16 or cfg.finetune.pure_bf16 or not hardware.cpu_only():
-        return
     from lmforge.utils.logging import get_logger
 
+    if cfg.train.bf16 is None:
+        cfg.train.bf16 = not (cfg.train.fp16 or cfg.finetune.pure_bf16) and hardware.cuda_has_bf16()
+        if cfg.train.bf16:
+            get_logger(__name__).info("bf16: not set, and this GPU computes bf16 natively: training in bf16 mixed "
+                                      "precision (set bf16: false for float32).")
+        return
+    if not cfg.train.bf16 or cfg.finetune.pure_bf16 or not hardware.cpu_only():
+        return
     if hardware.cpu_has_bf16():
         get_logger(__name__).info("bf16: this CPU computes bf16 natively (AVX512-BF16 or AMX); training in bf16.")
         return

@@ -16,6 +16,15 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def cuda_has_bf16() -> bool:
+    """Whether a CUDA GPU is present and computes bf16 natively (compute capability 8.0 or newer)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability() >= (8, 0)
+
+
 def other_accelerator() -> bool:
     """An Apple (mps) or Intel (xpu) GPU, which transformers uses when `use_cpu` is off."""
     import torch

@@ -70,6 +70,8 @@ def train_settings(v: dict[str, Any], deepspeed_config: str | None = None) -> di
         settings[compute] = True
     elif compute == "pure_bf16":
         settings["pure_bf16"] = True
+    else:  # fp32, said explicitly: bf16 left unset would be chosen on a GPU that computes it
+        settings["bf16"] = False
     if v["finetuning_type"] == "lora":
         for key in LORA_FIELDS:
             settings[key] = _number(v[key])
