@@ -19,7 +19,8 @@ default. Each run is a child process; the runs alternate (lmforge, LLaMA-Factory
 `--repeats` rounds so that a change in the machine's load hits both, and the fastest run of each is kept.
 
 Reported per tool: train_runtime (the Trainer's own timing of the training loop, without model loading
-and tokenization), tokens/s (the non-padding tokens the Trainer counted, over train_runtime), peak RSS
+and tokenization), tokens/s (the tokens the Trainer counted, padding included: the YAML sets LLaMA-Factory's
+`include_num_input_tokens_seen: true`, which transformers reads as "all"; over train_runtime), peak RSS
 of the whole child process (`os.wait4`), the final train_loss and the wall time of the whole command.
 The ratios are lmforge over LLaMA-Factory for speed (higher is better) and for memory (lower is better).
 
