@@ -86,9 +86,9 @@ def test_the_loss_and_gradients_match_transformers(arch_fixture, num_items, chun
         assert "lm_head.weight" in got_grads or "model.embed_tokens.weight" in got_grads
     for name, grad in expected_grads.items():
         assert torch.allclose(got_grads[name], grad, rtol=1e-4, atol=1e-5), (name, (got_grads[name] - grad).abs().max())
-    # The model's own head ran on one position per row; the loss then took the 14 + 13 supervised
+    # The model's own head ran on no position; the loss then took the 14 + 13 supervised
     # positions only (row 0 predicts tokens 10..23, row 1 tokens 5..17), not all 3 x 24, in chunks.
-    assert head_rows == [3]
+    assert head_rows == [0]
     assert chunk_sizes == ([4] * 6 + [3] if chunk_rows else [27])
 
 

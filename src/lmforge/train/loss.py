@@ -3,7 +3,7 @@
 transformers computes logits for every position of the batch, upcasts them to float32 and then ignores
 the positions whose label is -100 (prompt, padding). With a 150k vocabulary that tokens x vocabulary
 tensor, its log-softmax and its gradient dominate memory and much of the step. Here the model's forward
-stops at the decoder's hidden states (the output head runs on one position only), the hidden states of
+stops at the decoder's hidden states (its own output head runs on no position), the hidden states of
 the supervised positions are gathered, and the head and cross-entropy run on them in chunks. For plain
 cross-entropy each chunk's gradients are computed as soon as its logits are (the loss is the graph's last
 node), so no chunk's logits outlive it; the weighted variants (DFT, EAFT, ASFT) recompute a large chunk in
@@ -191,7 +191,10 @@ def _supervised_features(model, inputs: dict, full_logits: bool):
 
     handle = decoder.register_forward_hook(keep_hidden)
     try:
-        model(**forward_inputs, use_cache=False, logits_to_keep=1)
+        # No position at all for the model's own head: even one per row would read its whole weight (545 MB
+        # for a 150k vocabulary in float32) on every forward pass, for logits nobody uses.
+        no_position = torch.empty(0, dtype=torch.long, device=labels.device)
+        model(**forward_inputs, use_cache=False, logits_to_keep=no_position)
     finally:
         handle.remove()
     hidden = captured[-1][keep]
