@@ -21,7 +21,11 @@ def test_cheap_walks_keep_modes_and_clear_gradients(tiny_llama_dir):
 
     model = _lora_model(tiny_llama_dir)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # As loaded: the layers in eval mode (from_pretrained), the PEFT wrapper around them in training mode.
+    assert model.training and not model.get_base_model().training
     with _cheap_module_walks(model, trainable):
+        model.train()
+        assert all(m.training for m in model.modules())
         model.eval()  # evaluation in the middle of training: every module leaves training mode
         assert not any(m.training for m in model.modules())
         model.train()
@@ -44,8 +48,9 @@ def test_training_with_evaluation_logs_the_same_as_before(tiny_llama_dir, tmp_pa
     from tests.train.conftest import tiny_args, train
 
     def run(out):
+        # LoRA dropout makes the losses depend on every layer being in training mode.
         train(*tiny_args(tiny_llama_dir, out, max_steps=4, do_eval="true", val_size=8, eval_strategy="steps",
-                         eval_steps=2, max_grad_norm=0.5))
+                         eval_steps=2, max_grad_norm=0.5, lora_dropout=0.2, seed=3))
         state = json.loads((out / "trainer_state.json").read_text())
         return [(e.get("loss"), e.get("grad_norm"), e.get("eval_loss")) for e in state["log_history"]
                 if "loss" in e or "eval_loss" in e]

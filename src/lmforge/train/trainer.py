@@ -223,14 +223,20 @@ def _cheap_module_walks(model, trainable: list):
     """`model.train()` and `model.zero_grad()` without walking every module and parameter on every step.
 
     The Trainer calls both once per step; on a LoRA model with hundreds of modules the two walks cost a few
-    milliseconds, a tenth of a small model's step. `train()` is skipped when the model is already in training
-    mode (evaluation switches it through `eval()`, which still walks); `zero_grad()` clears the gradients of
-    the trainable parameters, the only ones that get any.
+    milliseconds, a tenth of a small model's step. `train()` walks once, then is skipped while every module is
+    known to be in training mode (evaluation switches them through `eval()`, which walks and is remembered);
+    `zero_grad()` clears the gradients of the trainable parameters, the only ones that get any.
     """
+    all_training = False  # known only after a real walk: a loaded model's layers start in eval mode under a root
+    # (the PEFT wrapper) that is in training mode
+
     def train(mode: bool = True):
-        if mode and model.training:
+        nonlocal all_training
+        if mode and all_training and model.training:
             return model
-        return type(model).train(model, mode)
+        type(model).train(model, mode)
+        all_training = mode
+        return model
 
     def zero_grad(set_to_none: bool = True):
         for param in trainable:
