@@ -38,3 +38,16 @@ def test_setting_a_backend_turns_it_on(tiny_llama_dir, tmp_path):
     # The Trainer is not asked to compile the whole model as well.
     assert build_training_args(cfg, None).torch_compile is False
     assert not regional.wanted(load_config("train", tiny_args(tiny_llama_dir, tmp_path / "out")).train)
+
+
+def test_a_model_without_decoder_layers_is_refused_in_one_line(tiny_llama_dir, tmp_path):
+    import torch
+
+    from lmforge.commands.common import load_config
+    from lmforge.errors import UserError
+    from lmforge.train import compile as regional
+
+    cfg = load_config("train", tiny_args(tiny_llama_dir, tmp_path / "out", torch_compile="true"))
+    with pytest.raises(UserError) as caught:
+        regional.compile_layers(torch.nn.Linear(4, 4), cfg.train)
+    assert str(caught.value) == "torch_compile: no decoder layers found in Linear; remove torch_compile."

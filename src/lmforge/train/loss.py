@@ -117,8 +117,7 @@ def label_logps(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor,
 
     features, targets, head = _supervised_features(
         model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}, False)
-    shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-    keep = shift_labels != IGNORE_INDEX
+    keep = _shifted(labels) != IGNORE_INDEX
     rows_of = keep.nonzero(as_tuple=True)[0].to(features.device)
     rows = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
     if _plain_head(head) and not (torch.is_grad_enabled() and head.weight.requires_grad):
@@ -170,14 +169,20 @@ def _weighted_loss(model, ref, head, features, targets, ref_features, ref_head, 
     return total, kl
 
 
+def _shifted(labels):
+    """The label each position predicts: position t predicts token t + 1, as in transformers' ForCausalLMLoss."""
+    import torch
+
+    return torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
 def _supervised_features(model, inputs: dict, full_logits: bool):
     """(hidden states or logits at the supervised positions, their target ids, the head to apply or None)."""
     import torch
 
     labels = inputs["labels"]
     forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    # Position t predicts token t + 1, as in transformers' ForCausalLMLoss.
-    shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    shift_labels = _shifted(labels)
     keep = shift_labels != IGNORE_INDEX
     if full_logits:
         logits = model(**forward_inputs, use_cache=False).logits
@@ -247,6 +252,21 @@ def _plain_head(head) -> bool:
     return head is not None and type(head) is torch.nn.Linear and head.bias is None
 
 
+def _chunk_scores(part, weight, targets, want_grad: bool):
+    """(log p(target) per row of `part @ weight.T` in float32, and d(-log p)/d(logits) = softmax - one_hot(target)
+    in the weight's dtype, or None); the float32 logits become that gradient in place and go with this call."""
+    import torch
+
+    logits = torch.nn.functional.linear(part, weight).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    log_probs = logits.gather(1, targets[:, None]).squeeze(1) - lse
+    if not want_grad:
+        return log_probs, None
+    logits.sub_(lse[:, None]).exp_()  # softmax, in place
+    logits[torch.arange(part.shape[0], device=part.device), targets] -= 1.0
+    return log_probs, logits.to(weight.dtype)
+
+
 @functools.cache
 def _head_cross_entropy():
     import torch
@@ -269,16 +289,8 @@ def _head_cross_entropy():
             for start in range(0, hidden.shape[0], rows):
                 part, part_targets = hidden[start:start + rows], targets[start:start + rows]
                 w = weight if weight.dtype == part.dtype else weight.to(part.dtype)
-                logits = torch.nn.functional.linear(part, w).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, part_targets[:, None]).squeeze(1)).sum()
-                if not (need_hidden or need_weight):
-                    continue
-                # d(summed loss)/d(logits) = softmax - one_hot(target), built in place of the logits.
-                logits.sub_(lse[:, None]).exp_()
-                logits[torch.arange(part.shape[0], device=part.device), part_targets] -= 1.0
-                grad_logits = logits.to(w.dtype)
-                del logits
+                log_probs, grad_logits = _chunk_scores(part, w, part_targets, need_hidden or need_weight)
+                total -= log_probs.sum()
                 if need_hidden:
                     grad_hidden[start:start + rows] = grad_logits @ w
                 if need_weight:
@@ -319,14 +331,9 @@ def _head_log_probs():
             for start in range(0, hidden.shape[0], rows):
                 part, part_targets = hidden[start:start + rows], targets[start:start + rows]
                 w = weight if weight.dtype == part.dtype else weight.to(part.dtype)
-                logits = torch.nn.functional.linear(part, w).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                out[start:start + rows] = logits.gather(1, part_targets[:, None]).squeeze(1) - lse
+                out[start:start + rows], grad_logits = _chunk_scores(part, w, part_targets, need_hidden)
                 if need_hidden:
-                    logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                    logits[torch.arange(part.shape[0], device=part.device), part_targets] -= 1.0
-                    slopes[start:start + rows] = -(logits.to(w.dtype) @ w)
-                del logits
+                    slopes[start:start + rows] = -(grad_logits @ w)
             ctx.save_for_backward(slopes)
             return out
 

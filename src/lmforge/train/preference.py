@@ -46,9 +46,7 @@ class PreferenceTrainer(ForgeTrainer):
 
     def _head_at_labels_only(self, model) -> bool:
         """`trained_logits_only` for the scores: the output head at the answer tokens only, where exact."""
-        if self._supervised_loss_ok is None:
-            self._supervised_loss_ok = self._supervised_loss_possible()
-        if not self._supervised_loss_ok:
+        if not self._supervised_loss_on():
             return False
         if model is self.ref_model:
             from lmforge.train.loss import applies

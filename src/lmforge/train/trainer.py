@@ -158,10 +158,13 @@ class ForgeTrainer(ForgeTrainerMixin, Seq2SeqTrainer):
         return loss
 
     def _trained_logits_only(self, model, inputs) -> bool:
+        return (self._supervised_loss_on() and model.training and "labels" in inputs
+                and self.label_smoother is None and self.compute_loss_func is None)
+
+    def _supervised_loss_on(self) -> bool:
         if self._supervised_loss_ok is None:  # decided once: the model and the parallelism do not change
             self._supervised_loss_ok = self._supervised_loss_possible()
-        return (self._supervised_loss_ok and model.training and "labels" in inputs
-                and self.label_smoother is None and self.compute_loss_func is None)
+        return self._supervised_loss_ok
 
     def _supervised_loss_possible(self) -> bool:
         """Whether the supervised-positions loss is on and exact for this run's model and parallelism."""
