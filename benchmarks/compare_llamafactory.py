@@ -26,7 +26,10 @@ The ratios are lmforge over LLaMA-Factory for speed (higher is better) and for m
 
 The tiny model is built by `lmforge tiny-model` (a 4-layer Llama, hidden 128, vocabulary 4096); `0.5b`
 is Qwen2.5-0.5B's shape with random weights (about 2 GB on disk, in a temporary folder deleted afterwards).
-Extra YAML keys for both tools: `--set key=value` (repeatable), e.g. `--set bf16=true`.
+Extra YAML keys for both tools: `--set key=value` (repeatable). bf16 on a CPU with AVX512-BF16/AMX:
+`--set bf16=true --set use_cpu=true --checkpoint-dtype bfloat16` (LLaMA-Factory refuses bf16 on a machine
+without a GPU unless `use_cpu` is set; `--checkpoint-dtype bfloat16` stores the model's weights in bf16, as
+released checkpoints such as Qwen2.5's are).
 """
 
 from __future__ import annotations
@@ -126,10 +129,10 @@ def compare(args, model_key: str, work: Path) -> dict:
     arch_args, template, batch, max_samples, epochs = MODELS[model_key]
     batch = args.batch_size or STAGES[args.stage][1].get(model_key, batch)
     max_samples = args.max_samples or max_samples
-    model_dir = work / f"model-{model_key}"
+    model_dir = work / f"model-{model_key}-{args.checkpoint_dtype}"
     if not model_dir.exists():
-        subprocess.run([str(REPO / ".venv/bin/lmforge"), "tiny-model", str(model_dir), *arch_args], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run([str(REPO / ".venv/bin/lmforge"), "tiny-model", str(model_dir), *arch_args,
+                        "--dtype", args.checkpoint_dtype], check=True, stdout=subprocess.DEVNULL)
     extra = dict(item.split("=", 1) for item in args.set)
     runs: dict[str, list[dict]] = {"lmforge": [], "llamafactory": []}
     for tool in runs:
@@ -146,7 +149,7 @@ def compare(args, model_key: str, work: Path) -> dict:
     best = {tool: min(results, key=lambda r: r["train_runtime_s"]) for tool, results in runs.items()}
     lm, lf = best["lmforge"], best["llamafactory"]
     return {
-        "model": model_key, "stage": args.stage, "batch_size": batch, "max_samples": max_samples, "epochs": epochs, "extra_keys": extra,
+        "model": model_key, "checkpoint_dtype": args.checkpoint_dtype, "stage": args.stage, "batch_size": batch, "max_samples": max_samples, "epochs": epochs, "extra_keys": extra,
         "runs": runs, "best": best,
         "speedup_train_runtime": lf["train_runtime_s"] / lm["train_runtime_s"],
         "tokens_per_s_ratio": (lm["tokens_per_s"] / lf["tokens_per_s"]) if lm["tokens_per_s"] and lf["tokens_per_s"]
@@ -172,6 +175,22 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU features bf16 speed depends on (AVX512-BF16, AMX), as /proc/cpuinfo lists them."""
+    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("flags"):
+            return sorted(wanted & set(line.split(":", 1)[1].split()))
+    return []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=[*MODELS, "all"], default="tiny")
@@ -180,6 +199,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-samples", type=int)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--checkpoint-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="how the model's weights are stored on disk (released checkpoints are bfloat16)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an extra YAML key for both")
     parser.add_argument("--peer", type=Path, default=DEFAULT_PEER, help="LLaMA-Factory's install folder")
     parser.add_argument("--out", type=Path)
@@ -190,8 +211,8 @@ def main() -> None:
         return
     if not (args.peer / "venv/bin/llamafactory-cli").exists():
         raise SystemExit(f"LLaMA-Factory is not installed in {args.peer}: run ../shared/peer/install_llamafactory.sh")
-    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or
-              platform.machine(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": _cpu_name(),
+              "cpu_flags": _cpu_flags(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
               "python": sys.version.split()[0], "results": []}
     with tempfile.TemporaryDirectory(prefix="lmforge-vs-lf-") as tmp:
         for model_key in (MODELS if args.model == "all" else [args.model]):

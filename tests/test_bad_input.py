@@ -163,7 +163,8 @@ CASES = [
      "at least 1, got 0."),
     ("tiny-model --arch", ["tiny-model", "x", "--arch", "gpt9"], 1, "lmforge tiny-model: error: argument --arch: "
      "invalid choice: 'gpt9' (choose from 'llama', 'qwen2', 'qwen3', 'qwen2_vl', 'qwen2_5_vl'). Usage: lmforge tiny-model [-h] "
-     "[--arch {{llama,qwen2,qwen3,qwen2_vl,qwen2_5_vl}}] [--size {{tiny,0.5b}}] [--seed SEED] output_dir"),
+     "[--arch {{llama,qwen2,qwen3,qwen2_vl,qwen2_5_vl}}] [--size {{tiny,0.5b}}] [--seed SEED] "
+     "[--dtype {{float32,bfloat16}}] output_dir"),
     ("unknown template name", ["templates", "lama3"], 1, "lmforge templates: error: Unknown template 'lama3'. Did you "
      "mean 'llama3'? Run `lmforge templates` to list them."),
     ("eval task", ["eval", "model_name_or_path=MODEL", "template=llama3", "task=mmlu"], 1, "lmforge eval: error: task "

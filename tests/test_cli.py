@@ -91,22 +91,24 @@ def test_env_reports_versions():
 def test_tiny_model_command(tmp_path):
     result = run_cli("tiny-model", str(tmp_path / "m"), "--arch", "qwen2")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"Wrote a tiny qwen2 model (tiny, float32) to {tmp_path / 'm'}"
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert (tmp_path / "m" / "tokenizer.json").is_file()
     bad = run_cli("tiny-model", str(tmp_path / "n"), "--arch", "gpt9")
     assert bad.returncode == 1
     assert bad.stderr == ("lmforge tiny-model: error: argument --arch: invalid choice: 'gpt9' (choose from 'llama', "
                           "'qwen2', 'qwen3', 'qwen2_vl', 'qwen2_5_vl'). Usage: lmforge tiny-model [-h] "
-                          "[--arch {llama,qwen2,qwen3,qwen2_vl,qwen2_5_vl}] [--size {tiny,0.5b}] [--seed SEED] output_dir\n")
+                          "[--arch {llama,qwen2,qwen3,qwen2_vl,qwen2_5_vl}] [--size {tiny,0.5b}] [--seed SEED] "
+                          "[--dtype {float32,bfloat16}] output_dir\n")
 
 
 def test_tiny_vision_model_command(tmp_path):
     result = run_cli("tiny-model", str(tmp_path / "vl"), "--arch", "qwen2_vl")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == f"Wrote a tiny qwen2_vl model (tiny) to {tmp_path / 'vl'}"
+    assert result.stdout.splitlines()[-1] == f"Wrote a tiny qwen2_vl model (tiny, float32) to {tmp_path / 'vl'}"
     config = json.loads((tmp_path / "vl" / "config.json").read_text())
     assert config["model_type"] == "qwen2_vl"
     assert (tmp_path / "vl" / "preprocessor_config.json").is_file()
     bad = run_cli("tiny-model", str(tmp_path / "big"), "--arch", "qwen2_vl", "--size", "0.5b")
     assert bad.returncode == 1
-    assert bad.stderr.startswith("lmforge tiny-model: error: --arch qwen2_vl is built in size tiny only")
+    assert bad.stderr.startswith("lmforge tiny-model: error: --arch qwen2_vl is built in size tiny and float32 only")

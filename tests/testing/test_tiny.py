@@ -167,3 +167,24 @@ def test_tokenizer_is_deterministic_in_process():
     first = build_tokenizer("qwen2").backend_tokenizer.to_str()
     second = build_tokenizer("qwen2").backend_tokenizer.to_str()
     assert first == second
+
+
+def test_bfloat16_storage_rounds_the_float32_weights(builds, tmp_path):
+    """`dtype="bfloat16"` writes the same model as released checkpoints are stored: each weight is the float32
+    build's value rounded to bf16, and transformers loads it in bf16 when asked for the checkpoint's dtype."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    path = build_tiny_model(tmp_path / "bf16", arch="qwen2", dtype="bfloat16")
+    wide = load_file(builds["qwen2"][0] / "model.safetensors")
+    narrow = load_file(path / "model.safetensors")
+    assert narrow.keys() == wide.keys()
+    for name, tensor in narrow.items():
+        assert tensor.dtype == torch.bfloat16, name
+        assert torch.equal(tensor, wide[name].to(torch.bfloat16)), name
+    assert json.loads((path / "config.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((path / "lmforge_tiny.json").read_text())["dtype"] == "bfloat16"
+    with pytest.raises(UserError, match="Unknown tiny-model dtype 'float8'. Choose one of: float32, bfloat16."):
+        build_tiny_model(tmp_path / "bad", dtype="float8")

@@ -86,3 +86,50 @@ def test_adam_on_cpu_updates_in_batches_to_the_same_weights():
 
     for got, expected in zip(weights_after(True), weights_after(False)):
         assert torch.equal(got, expected)
+
+
+def test_adapter_input_cast_is_skipped_under_autocast_only(tiny_llama_dir):
+    """bf16 weights with float32 LoRA adapters, as `bf16: true` trains: PEFT's cast of each adapted input to
+    float32 is skipped while autocast is on (the adapter's linear casts it straight back), which gives the same
+    loss and gradients bit for bit; outside autocast the adapter still gets float32 inputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.model.adapters import cast_inputs_outside_autocast_only
+
+    def model_and_grads(skip: bool):
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.bfloat16)
+        model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+        if skip:
+            cast_inputs_outside_autocast_only(model)
+        ids = torch.arange(10, 42).reshape(2, 16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        return model, loss.detach(), grads
+
+    plain_model, plain_loss, plain_grads = model_and_grads(skip=False)
+    model, loss, grads = model_and_grads(skip=True)
+    assert torch.equal(loss, plain_loss)
+    assert grads.keys() == plain_grads.keys() and len(grads) == 4 * 7 * 2
+    assert all(torch.equal(grads[name], plain_grads[name]) for name in grads)
+
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layer.cast_input_dtype_enabled
+    assert layer.cast_input_dtype_enabled
+    seen = []
+    handle = layer.lora_A["default"].register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+    ids = torch.arange(10, 26).reshape(2, 8)
+    with torch.no_grad():  # inference outside autocast: the float32 adapter gets float32 inputs, as in PEFT
+        logits = model(input_ids=ids).logits
+        plain_logits = plain_model(input_ids=ids).logits
+    handle.remove()
+    assert seen == [torch.float32]
+    assert torch.equal(logits, plain_logits)

@@ -294,6 +294,30 @@ def _oft_config(model, targets: list[str], ft: FinetuningArguments):
     )
 
 
+class _OutsideAutocast:
+    """Truthy except while autocast is on: the value of a PEFT layer's `cast_input_dtype_enabled`.
+
+    PEFT casts a layer's input to the adapter's dtype (a bf16 activation to the float32 adapter) before the
+    adapter's linear layers; under autocast those cast it straight back to bf16, so the first cast is a copy of
+    every adapted input, and of its gradient, for nothing: about 4% of a 0.5B LoRA step in bf16 on a CPU.
+    Skipping it only while autocast is on gives the same values (bf16 -> float32 -> bf16 is exact); outside
+    autocast (inference, float32 training) the cast still happens.
+    """
+
+    def __bool__(self) -> bool:
+        import torch
+
+        return not (torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
+
+
+def cast_inputs_outside_autocast_only(model) -> None:
+    """Let the PEFT layers of `model` skip their input cast while autocast is on (see `_OutsideAutocast`)."""
+    flag = _OutsideAutocast()
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = flag
+
+
 def _float32():
     import torch
 
@@ -319,6 +343,7 @@ def init_adapter(model, model_args: ModelArguments, ft: FinetuningArguments, tra
         freeze_parts(model, ft)
     else:
         model = setup_lora(model, model_args, ft)
+        cast_inputs_outside_autocast_only(model)
     trainable_n, total = count_parameters(model)
     logger.info(f"trainable params: {trainable_n:,} || all params: {total:,} || trainable%: {100 * trainable_n / total:.4f}")
     return model

@@ -85,6 +85,7 @@ SIZES = {
     "0.5b": TinySize(896, 4864, 24, 14, 2, vocab_size=151936, tie_word_embeddings=True),
 }
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
+STORAGE_DTYPES = ("float32", "bfloat16")
 DEFAULT_VOCAB_SIZE = 4096
 
 
@@ -148,16 +149,21 @@ def build_tiny_model(
     seed: int = 0,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     head_std: float = 0.16,
+    dtype: str = "float32",
 ) -> Path:
     """Write a random-weight model and its tokenizer to `output_dir` and return the path.
 
     `head_std` is the output head's init scale: with the usual 0.02 a LoRA run cannot move the
     near-uniform head and the tiny model never learns, with about 0.16 it memorizes small sets.
+    `dtype` is the precision the weights are stored in: `bfloat16` is how released checkpoints such as
+    Qwen2.5's are published, which matters to what loading them costs; the values are the float32 ones rounded.
     """
     if arch not in ARCHITECTURES:
         raise UserError(f"Unknown tiny-model architecture '{arch}'. Choose one of: {', '.join(ARCHITECTURES)}.")
     if size not in SIZES:
         raise UserError(f"Unknown tiny-model size '{size}'. Choose one of: {', '.join(SIZES)}.")
+    if dtype not in STORAGE_DTYPES:
+        raise UserError(f"Unknown tiny-model dtype '{dtype}'. Choose one of: {', '.join(STORAGE_DTYPES)}.")
 
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -182,10 +188,12 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         do_sample=False,
     )
+    if dtype != "float32":
+        model = model.to(getattr(torch, dtype))
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "lmforge_tiny.json").write_text(
-        json.dumps({"arch": arch, "size": size, "seed": seed, "vocab_size": vocab_size}, indent=2) + "\n"
+        json.dumps({"arch": arch, "size": size, "seed": seed, "vocab_size": vocab_size, "dtype": dtype}, indent=2) + "\n"
     )
     return out
 
