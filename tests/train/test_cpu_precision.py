@@ -85,3 +85,56 @@ def test_unset_bf16_is_chosen_where_the_gpu_computes_it(gpu_bf16, overrides, exp
                       "(set bf16: false for float32)."] if expected else [])
     if not expected and not cfg.train.fp16:  # fp16 is refused on this CPU-only machine
         assert build_training_args(cfg, None).bf16 is False
+
+
+@pytest.mark.parametrize("amx, hidden, overrides, expected", [
+    (True, 896, {}, True),  # a 0.5B-wide model on an AMX CPU: bf16, said in one line
+    (True, 128, {}, False),  # the tiny test model: bf16 is slower than float32 there
+    (False, 896, {}, False),  # no AMX
+    (True, 896, {"bf16": "false"}, False),  # an explicit setting always wins
+    (True, 896, {"pure_bf16": "true"}, False),
+])
+def test_unset_bf16_is_chosen_on_amx_cpus_for_wide_models(amx, hidden, overrides, expected, monkeypatch,
+                                                          tiny_llama_dir, tmp_path):
+    import shutil
+
+    from lmforge.commands.common import load_config
+    from lmforge.train.run import choose_precision
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["hidden_size"] = hidden  # only the config is read to decide
+    (model_dir / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(hardware, "cuda_has_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_only", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
+    cfg = load_config("train", tiny_args(model_dir, tmp_path / "out", **overrides))
+    records: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("lmforge").addHandler(handler)
+    try:
+        choose_precision(cfg)
+    finally:
+        logging.getLogger("lmforge").removeHandler(handler)
+    assert cfg.train.bf16 is expected
+    lines = [line for line in records if line.startswith("bf16:")]
+    assert lines == (["bf16: not set, and this CPU computes bf16 with AMX: training this model (hidden size 896) in "
+                      "bf16 mixed precision (set bf16: false for float32)."] if expected else [])
+
+
+def test_amx_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    flags = {"amx": "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n",
+             "avx512": "flags\t\t: fpu avx2 avx512f avx512_bf16\n"}
+    real_open = builtins.open
+    for name, line in flags.items():
+        info = tmp_path / name
+        info.write_text("processor\t: 0\n" + line)
+        monkeypatch.setattr(builtins, "open", lambda path, *a, _info=info, **k: real_open(
+            _info if path == "/proc/cpuinfo" else path, *a, **k))
+        assert hardware.cpu_has_amx() is (name == "amx")
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(tmp_path / "missing", *a, **k))
+    assert hardware.cpu_has_amx() is False

@@ -36,6 +36,19 @@ def hub_kwargs(model_args: ModelArguments) -> dict:
     }
 
 
+def hidden_size(model_args: ModelArguments) -> int | None:
+    """The model's hidden size from its config (a vision-language model's text model's), or None where the config
+    cannot be read: `load_model` reports a missing or broken model in its own words."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs(model_args))
+    except (OSError, ValueError, KeyError):
+        return None
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "hidden_size", None) or getattr(config, "hidden_size", None)
+
+
 def check_model_path(path: str, key: str = "model_name_or_path") -> None:
     """Fail early, with the fix, when a local-looking model path (the setting `key`) does not exist."""
     local = Path(path).expanduser()
