@@ -96,7 +96,8 @@ class TrainArguments:
     bf16: bool | None = field(
         default=None,
         metadata={"help": "Mixed precision with bfloat16. Unset: on where a CUDA GPU computes bf16 natively (compute "
-                          "capability 8.0 or newer) and fp16 and pure_bf16 are off; float32 elsewhere.",
+                          "capability 8.0 or newer), or on a CPU with AMX for a model of hidden size 896 or more (not "
+                          "quantized), when fp16 and pure_bf16 are off; float32 elsewhere.",
                   "read_by": (TRAINING,)},
     )
     fp16: bool = field(default=False, metadata={"help": "Mixed precision with float16.", "read_by": (TRAINING,)})
