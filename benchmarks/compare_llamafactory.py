@@ -175,20 +175,23 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first `key` line of Linux's /proc/cpuinfo (None elsewhere)."""
+    path = Path("/proc/cpuinfo")
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        if line.startswith(key):
             return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_name() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def _cpu_flags() -> list[str]:
     """The CPU features bf16 speed depends on (AVX512-BF16, AMX), as /proc/cpuinfo lists them."""
     wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
-    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("flags"):
-            return sorted(wanted & set(line.split(":", 1)[1].split()))
-    return []
+    return sorted(wanted & set((_cpuinfo("flags") or "").split()))
 
 
 def main() -> None:

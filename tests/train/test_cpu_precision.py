@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
@@ -27,6 +28,22 @@ class DtypeSeen:
         monkeypatch.setattr(ForgeTrainer, "compute_loss", compute_loss)
 
 
+@contextlib.contextmanager
+def bf16_lines():
+    """The `bf16:` lines lmforge logs inside the block (its logger does not propagate to pytest's caplog)."""
+    records: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("lmforge")
+    logger.addHandler(handler)
+    lines: list[str] = []
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        lines.extend(line for line in records if line.startswith("bf16:"))
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_follows_what_the_cpu_computes(native, monkeypatch, tiny_llama_dir, tmp_path):
     import torch
@@ -34,17 +51,9 @@ def test_bf16_follows_what_the_cpu_computes(native, monkeypatch, tiny_llama_dir,
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: native)
     seen = DtypeSeen(monkeypatch)
     out = tmp_path / "run"
-    records: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = logging.getLogger("lmforge")  # it does not propagate to pytest's caplog
-    logger.addHandler(handler)
-    try:
+    with bf16_lines() as lines:
         train(*tiny_args(tiny_llama_dir, out, bf16="true", max_steps=2))
-    finally:
-        logger.removeHandler(handler)
 
-    lines = [line for line in records if line.startswith("bf16:")]
     if native:
         assert lines == ["bf16: this CPU computes bf16 natively (AVX512-BF16 or AMX); training in bf16."]
         assert seen.dtypes == {torch.bfloat16}
@@ -71,16 +80,9 @@ def test_unset_bf16_is_chosen_where_the_gpu_computes_it(gpu_bf16, overrides, exp
     monkeypatch.setattr(hardware, "cuda_has_bf16", lambda: gpu_bf16)
     cfg = load_config("train", tiny_args(tiny_llama_dir, tmp_path / "out", **overrides))
     assert cfg.train.bf16 is (None if "bf16" not in overrides else False)
-    records: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: records.append(record.getMessage())
-    logging.getLogger("lmforge").addHandler(handler)
-    try:
+    with bf16_lines() as lines:
         choose_precision(cfg)
-    finally:
-        logging.getLogger("lmforge").removeHandler(handler)
     assert cfg.train.bf16 is expected
-    lines = [line for line in records if line.startswith("bf16:")]
     assert lines == (["bf16: not set, and this GPU computes bf16 natively: training in bf16 mixed precision "
                       "(set bf16: false for float32)."] if expected else [])
     if not expected and not cfg.train.fp16:  # fp16 is refused on this CPU-only machine
@@ -110,31 +112,18 @@ def test_unset_bf16_is_chosen_on_amx_cpus_for_wide_models(amx, hidden, overrides
     monkeypatch.setattr(hardware, "cpu_only", lambda: True)
     monkeypatch.setattr(hardware, "cpu_has_amx", lambda: amx)
     cfg = load_config("train", tiny_args(model_dir, tmp_path / "out", **overrides))
-    records: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: records.append(record.getMessage())
-    logging.getLogger("lmforge").addHandler(handler)
-    try:
+    with bf16_lines() as lines:
         choose_precision(cfg)
-    finally:
-        logging.getLogger("lmforge").removeHandler(handler)
     assert cfg.train.bf16 is expected
-    lines = [line for line in records if line.startswith("bf16:")]
     assert lines == (["bf16: not set, and this CPU computes bf16 with AMX: training this model (hidden size 896) in "
                       "bf16 mixed precision (set bf16: false for float32)."] if expected else [])
 
 
-def test_amx_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
-    import builtins
-
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
     flags = {"amx": "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n",
              "avx512": "flags\t\t: fpu avx2 avx512f avx512_bf16\n"}
-    real_open = builtins.open
     for name, line in flags.items():
         info = tmp_path / name
         info.write_text("processor\t: 0\n" + line)
-        monkeypatch.setattr(builtins, "open", lambda path, *a, _info=info, **k: real_open(
-            _info if path == "/proc/cpuinfo" else path, *a, **k))
-        assert hardware.cpu_has_amx() is (name == "amx")
-    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(tmp_path / "missing", *a, **k))
-    assert hardware.cpu_has_amx() is False
+        assert hardware.cpu_has_amx(str(info)) is (name == "amx")
+    assert hardware.cpu_has_amx(str(tmp_path / "missing")) is False  # not Linux: no AMX known
