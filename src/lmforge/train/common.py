@@ -28,11 +28,19 @@ def compute_dtype(cfg: RunConfig):
 
 def load_trainable_model(cfg: RunConfig, tokenizer, template):
     """The model with its adapter / freeze mask attached, ready for the Trainer."""
+    import torch
+
     from lmforge.model.adapters import init_adapter
     from lmforge.model.loader import load_model
+    from lmforge.utils import hardware
 
     trainable = cfg.train.do_train
-    model = load_model(cfg.model, tokenizer, compute_dtype(cfg), trainable=trainable, max_length=cfg.data.cutoff_len)
+    dtype = compute_dtype(cfg)
+    if trainable and dtype == torch.bfloat16 and hardware.cpu_only():
+        from lmforge.model.attention import use_float32_sdpa_for_short_cpu_bf16
+
+        use_float32_sdpa_for_short_cpu_bf16()  # short sequences' attention backward is faster in float32 there
+    model = load_model(cfg.model, tokenizer, dtype, trainable=trainable, max_length=cfg.data.cutoff_len)
     if trainable and use_checkpointing(cfg, model):
         # Recompute activations in the backward pass: much less memory for about a third more compute.
         options = {"use_reentrant": cfg.model.use_reentrant_gc}
