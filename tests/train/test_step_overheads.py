@@ -162,3 +162,79 @@ def test_the_default_optimizer_is_fused_adamw_and_trains_as_the_loop_does(tiny_l
     loop = run(tmp_path / "loop", optim="adamw_torch")
     assert len(fused) == 12 and len(set(fused[::2])) > 1  # six steps, and the loss moved
     assert fused == pytest.approx(loop, rel=1e-4)
+
+
+def _lora_step(model_dir, scale_weights: bool, precision: str = "bf16", **lora_keys):
+    """One step of LoRA training, as `bf16: true` trains (a bf16 model, float32 adapters, bf16 autocast) or in
+    float32: the loss, the adapters' gradients and the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.model.adapters import scale_lora_weights_not_outputs
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(target_modules="all-linear", init_lora_weights=False, **lora_keys))
+    for param in model.parameters():
+        if param.requires_grad or precision == "float32":
+            param.data = param.data.float()
+    if scale_weights:
+        scale_lora_weights_not_outputs(model)
+    ids = torch.arange(10, 42).reshape(2, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.requires_grad}, model
+
+
+def test_lora_scaling_on_the_weight_gives_the_same_step(tiny_llama_dir):
+    """LLaMA-Factory's default scaling (lora_alpha = 2 * rank, a power of two): the loss and every gradient are
+    PEFT's bit for bit, in bf16 and in float32. Another scaling (1.5) rounds differently in bf16, and is no
+    further than PEFT's own from the float32 step."""
+    import torch
+
+    for precision in ("bf16", "float32"):
+        loss, grads, model = _lora_step(tiny_llama_dir, True, precision, r=4, lora_alpha=8)
+        plain_loss, plain_grads, _ = _lora_step(tiny_llama_dir, False, precision, r=4, lora_alpha=8)
+        down_proj = model.base_model.model.model.layers[0].mlp.down_proj
+        assert down_proj.forward.__name__ == "_lora_forward_scaling_the_weight"
+        assert torch.equal(loss, plain_loss)
+        assert grads.keys() == plain_grads.keys() and len(grads) == 4 * 7 * 2
+        assert all(torch.equal(grads[name], plain_grads[name]) for name in grads)
+
+    def distance(got: dict, expected: dict) -> float:
+        return max(float((got[n] - expected[n]).norm() / expected[n].norm()) for n in expected)
+
+    loss, grads, _ = _lora_step(tiny_llama_dir, True, r=4, lora_alpha=6)
+    plain_loss, plain_grads, _ = _lora_step(tiny_llama_dir, False, r=4, lora_alpha=6)
+    exact_loss, exact_grads, _ = _lora_step(tiny_llama_dir, False, "float32", r=4, lora_alpha=6)
+    assert not torch.equal(loss, plain_loss)
+    assert abs(float(loss - exact_loss)) <= 1.5 * abs(float(plain_loss - exact_loss))
+    assert 0 < distance(grads, exact_grads) <= 1.5 * distance(plain_grads, exact_grads) < 0.1
+
+
+def test_lora_scaling_on_the_weight_leaves_other_adapters_to_peft(tiny_llama_dir):
+    """DoRA, a bias on lora_B, disabled and merged adapters and per-row adapter names go through PEFT's forward."""
+    import torch
+
+    for keys in ({"use_dora": True}, {"lora_bias": True}):
+        loss, grads, model = _lora_step(tiny_llama_dir, True, r=4, **keys)
+        plain_loss, plain_grads, _ = _lora_step(tiny_llama_dir, False, r=4, **keys)
+        assert torch.equal(loss, plain_loss) and all(torch.equal(grads[n], plain_grads[n]) for n in grads)
+
+    _, _, model = _lora_step(tiny_llama_dir, True, r=4)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(2, 3, layer.in_features).bfloat16()
+    with torch.no_grad():
+        base = layer.base_layer(x)
+        with model.disable_adapter():
+            assert torch.equal(layer(x), base)
+        adapted = layer(x)
+        assert not torch.equal(adapted, base)
+        mixed = layer(x, adapter_names=["default", "__base__"])  # the second row without its adapter
+        assert torch.equal(mixed[1], base[1])
+        torch.testing.assert_close(mixed[0], adapted[0], rtol=0.02, atol=0.02)
+        layer.merge()
+        assert layer.merged
+        torch.testing.assert_close(layer(x), adapted, rtol=0.02, atol=0.02)

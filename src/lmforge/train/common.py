@@ -59,6 +59,10 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
             if param.ndim == 1 and "norm" in name:
                 param.data = param.data.to(torch.float32)
     model = init_adapter(model, cfg.model, cfg.finetune, trainable=trainable)
+    if trainable and cfg.finetune.finetuning_type == "lora" and not cfg.train.deepspeed:
+        from lmforge.model.adapters import scale_lora_weights_not_outputs
+
+        scale_lora_weights_not_outputs(model)
     from lmforge.train import compile as regional
 
     if trainable and regional.wanted(cfg.train):
