@@ -322,7 +322,7 @@ def _lora_forward_scaling_the_weight(self, x, *args, **kwargs):
     """PEFT's `lora.Linear.forward` for plain LoRA adapters, the scaling applied to lora_B's weight ([out, r])
     rather than to lora_B's output ([tokens, out]).
 
-    That multiplication, and its gradient's, of a whole activation per adapted layer and step is about 3% of a
+    That multiplication, and its gradient's, of a whole activation per adapted layer and step is about 2% of a
     0.5B LoRA step on a CPU. With LLaMA-Factory's default scaling (lora_alpha = 2 * lora_rank: a power of two)
     the outputs and gradients are the same bit for bit; other scalings differ by rounding only. Anything else
     (DoRA and other variants, a bias on lora_B, merged or disabled adapters, per-row adapter names) goes
