@@ -154,8 +154,11 @@ def test_bf16_training_on_a_cpu_installs_it(monkeypatch, tiny_qwen_dir, tmp_path
     from lmforge.train.common import load_trainable_model
     from tests.train.conftest import tiny_args
 
+    from lmforge.utils import hardware
+
     original = AttentionInterface._global_mapping["sdpa"]
     monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", original)
+    monkeypatch.setattr(hardware, "cpu_only", lambda: True)  # the same answer on a machine with a GPU
 
     def sdpa_after_loading(**keys):
         AttentionInterface._global_mapping["sdpa"] = original
