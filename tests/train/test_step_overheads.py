@@ -238,3 +238,20 @@ def test_lora_scaling_on_the_weight_leaves_other_adapters_to_peft(tiny_llama_dir
         layer.merge()
         assert layer.merged
         torch.testing.assert_close(layer(x), adapted, rtol=0.02, atol=0.02)
+
+
+def test_lora_training_loads_with_the_weight_scaling_except_under_deepspeed(tiny_llama_dir, tmp_path):
+    from lmforge.commands.common import load_config
+    from lmforge.model.tokenizer import load_tokenizer_and_template
+    from lmforge.train.common import load_trainable_model
+    from tests.train.conftest import tiny_args
+
+    def down_proj_forward(deepspeed: str | None) -> str:
+        cfg = load_config("train", tiny_args(tiny_llama_dir, tmp_path / "out"))
+        cfg.train.deepspeed = deepspeed  # set after validation: only what the loader decides from is under test
+        tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
+        model = load_trainable_model(cfg, tokenizer, template)
+        return model.base_model.model.model.layers[0].mlp.down_proj.forward.__name__
+
+    assert down_proj_forward(None) == "_lora_forward_scaling_the_weight"
+    assert down_proj_forward("ds_z3_config.json") == "forward"  # PEFT's own: ZeRO-3 gathers weights per module
