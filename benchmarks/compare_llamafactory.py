@@ -26,7 +26,8 @@ The ratios are lmforge over LLaMA-Factory for speed (higher is better) and for m
 
 The tiny model is built by `lmforge tiny-model` (a 4-layer Llama, hidden 128, vocabulary 4096); `0.5b`
 is Qwen2.5-0.5B's shape with random weights (about 2 GB on disk, in a temporary folder deleted afterwards).
-Extra YAML keys for both tools: `--set key=value` (repeatable). bf16 on a CPU with AVX512-BF16/AMX:
+Extra YAML keys for both tools: `--set key=value` (repeatable); extra environment variables for both tools'
+processes: `--env NAME=VALUE` (repeatable). bf16 on a CPU with AVX512-BF16/AMX:
 `--set bf16=true --set use_cpu=true --checkpoint-dtype bfloat16` (LLaMA-Factory refuses bf16 on a machine
 without a GPU unless `use_cpu` is set; `--checkpoint-dtype bfloat16` stores the model's weights in bf16, as
 released checkpoints such as Qwen2.5's are).
@@ -95,9 +96,11 @@ def write_yaml(path: Path, model_dir: Path, output_dir: Path, template: str, bat
     path.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()), encoding="utf-8")
 
 
-def run_tool(name: str, command: list[str], output_dir: Path, log: Path, threads: int | None) -> dict:
+def run_tool(name: str, command: list[str], output_dir: Path, log: Path, threads: int | None,
+             extra_env: dict[str, str] | None = None) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", CUDA_VISIBLE_DEVICES="",
                TRANSFORMERS_OFFLINE="1", DISABLE_VERSION_CHECK="1", WANDB_DISABLED="true")
+    env.update(extra_env or {})  # last, so that e.g. CUDA_VISIBLE_DEVICES=0 can choose a GPU
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -134,6 +137,7 @@ def compare(args, model_key: str, work: Path) -> dict:
         subprocess.run([str(REPO / ".venv/bin/lmforge"), "tiny-model", str(model_dir), *arch_args,
                         "--dtype", args.checkpoint_dtype], check=True, stdout=subprocess.DEVNULL)
     extra = dict(item.split("=", 1) for item in args.set)
+    extra_env = dict(item.split("=", 1) for item in args.env)
     runs: dict[str, list[dict]] = {"lmforge": [], "llamafactory": []}
     for tool in runs:
         yaml = work / f"{model_key}-{tool}.yaml"
@@ -142,7 +146,7 @@ def compare(args, model_key: str, work: Path) -> dict:
         for tool, exe in (("lmforge", REPO / ".venv/bin/lmforge"), ("llamafactory", args.peer / "venv/bin/llamafactory-cli")):
             yaml = work / f"{model_key}-{tool}.yaml"
             result = run_tool(tool, [str(exe), "train", str(yaml)], work / f"out-{tool}",
-                              work / f"{model_key}-{tool}-{round_}.log", args.threads)
+                              work / f"{model_key}-{tool}-{round_}.log", args.threads, extra_env)
             runs[tool].append(result)
             print(f"  {model_key} round {round_ + 1} {tool}: {result['train_runtime_s']:.1f} s, "
                   f"{result['peak_rss_mib']:.0f} MiB, loss {result['train_loss']:.4f}", flush=True)
@@ -150,6 +154,7 @@ def compare(args, model_key: str, work: Path) -> dict:
     lm, lf = best["lmforge"], best["llamafactory"]
     return {
         "model": model_key, "checkpoint_dtype": args.checkpoint_dtype, "stage": args.stage, "batch_size": batch, "max_samples": max_samples, "epochs": epochs, "extra_keys": extra,
+        "extra_env": extra_env,
         "runs": runs, "best": best,
         "speedup_train_runtime": lf["train_runtime_s"] / lm["train_runtime_s"],
         "tokens_per_s_ratio": (lm["tokens_per_s"] / lf["tokens_per_s"]) if lm["tokens_per_s"] and lf["tokens_per_s"]
@@ -205,6 +210,8 @@ def main() -> None:
     parser.add_argument("--checkpoint-dtype", choices=["float32", "bfloat16"], default="float32",
                         help="how the model's weights are stored on disk (released checkpoints are bfloat16)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an extra YAML key for both")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for both tools' processes (e.g. ONEDNN_PRIMITIVE_CACHE_CAPACITY=64)")
     parser.add_argument("--peer", type=Path, default=DEFAULT_PEER, help="LLaMA-Factory's install folder")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--render", type=Path, help="print the tables of a saved result file")

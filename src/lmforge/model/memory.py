@@ -9,7 +9,8 @@ def activation_bytes(config, tokens: int, dtype_bytes: int, *, eager_attention: 
 
     Per token and layer a Llama-style block keeps about 10 hidden-size vectors (norm inputs and outputs,
     q/k/v, the attention output, dropout outputs of LoRA) and 5 intermediate-size ones (gate, up, the
-    activation, its product, the down projection's dropout), which is a little more than it really keeps;
+    activation, its product, the down projection's dropout), which is a little more than it really keeps
+    (lmforge's own gated MLP, `model.mlp`, does not keep the activation);
     eager attention adds its scores and probabilities (heads x sequence length).
     """
     text = getattr(config, "text_config", None) or config

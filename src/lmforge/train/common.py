@@ -63,6 +63,10 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
         from lmforge.model.adapters import scale_lora_weights_not_outputs
 
         scale_lora_weights_not_outputs(model)
+    if trainable:
+        from lmforge.model.mlp import keep_gate_and_up_only
+
+        keep_gate_and_up_only(model)  # one intermediate-size activation per token and layer less, same values
     from lmforge.train import compile as regional
 
     if trainable and regional.wanted(cfg.train):
