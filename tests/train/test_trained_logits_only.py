@@ -156,3 +156,80 @@ def test_preference_scores_and_gradients_match_the_full_logits(arch_fixture, chu
     with torch.no_grad():  # the reference's scores: no gradient kept
         ref, _ = loss_module.label_logps(model, ids, mask, labels)
     assert ref.grad_fn is None and torch.allclose(ref, expected, rtol=1e-5, atol=1e-4)
+
+
+def _float32_copy_scores(part, weight, targets):
+    """The chunk's scores through a float32 copy of all its logits (what `_chunk_scores` did for bf16)."""
+    import torch
+
+    logits = torch.nn.functional.linear(part, weight).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    log_probs = logits.gather(1, targets[:, None]).squeeze(1) - lse
+    logits.sub_(lse[:, None]).exp_()
+    logits[torch.arange(part.shape[0]), targets] -= 1.0
+    return log_probs, logits.to(weight.dtype)
+
+
+def _largest_float32_output(compute) -> int:
+    """The most elements of any float32 tensor an operation made while `compute` ran."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    largest = [0]
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for item in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(item, torch.Tensor) and item.dtype == torch.float32:
+                    largest[0] = max(largest[0], item.numel())
+            return out
+
+    with Watch():
+        compute()
+    return largest[0]
+
+
+def test_bf16_chunks_are_widened_a_vocabulary_slice_at_a_time(monkeypatch):
+    """bf16 logits become float32 one slice of the vocabulary at a time, never a whole chunk, for the same
+    log-probabilities and gradient as a float32 copy of the chunk gives (the log-sum-exp is summed in another
+    order: within float32 rounding)."""
+    import torch
+
+    from lmforge.train import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "VOCAB_SLICE", 4096)
+    generator = torch.Generator().manual_seed(0)
+    rows, vocab, hidden = 7, 20_000, 32  # five slices, the last one ragged
+    weight = (torch.randn(vocab, hidden, generator=generator) * 0.3).bfloat16()
+    part = torch.randn(rows, hidden, generator=generator).bfloat16()
+    targets = torch.tensor([0, 4095, 4096, 9000, 16_383, 16_384, 19_999])  # slice edges, first and last ids
+    log_probs, grad = loss_module._chunk_scores(part, weight, targets, True)
+    expected_log_probs, expected_grad = _float32_copy_scores(part, weight, targets)
+    assert grad.dtype == torch.bfloat16 and grad.shape == (rows, vocab)
+    torch.testing.assert_close(log_probs, expected_log_probs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=1e-2, atol=1e-7)
+    assert (grad == expected_grad).float().mean() > 0.999
+    assert torch.all(grad[torch.arange(rows), targets] < 0)  # softmax - 1 at each target
+    only_scores, none = loss_module._chunk_scores(part, weight, targets, False)
+    assert none is None and torch.equal(only_scores, log_probs)
+
+    chunk = rows * vocab
+    assert _largest_float32_output(lambda: loss_module._chunk_scores(part, weight, targets, True)) <= rows * 4096
+    assert _largest_float32_output(lambda: _float32_copy_scores(part, weight, targets)) == chunk
+
+
+def test_a_bf16_model_gets_transformers_loss_and_gradients(tiny_qwen_dir):
+    import torch
+
+    from lmforge.train import loss as loss_module
+
+    model = _lora_model(tiny_qwen_dir).to(torch.bfloat16)
+    batch = _batch()
+    expected, expected_grads = _loss_and_grads(model, lambda: model(**batch).loss)
+    got, grads = _loss_and_grads(model, lambda: loss_module.supervised_loss(model, batch))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=0)
+    for name, grad in expected_grads.items():  # bf16 backward passes: about 1% apart in either order
+        distance = (grads[name].float() - grad.float()).norm() / grad.float().norm()
+        assert distance < 0.03, (name, distance)

@@ -29,6 +29,8 @@ MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", 
 # values for a 150k vocabulary) more often per step; the weighted variants recompute a chunk of this size
 # in the backward pass.
 CHUNK_ELEMENTS = 1 << 24
+# Vocabulary columns a bf16 chunk's logits are widened to float32 at a time (`_low_precision_chunk_scores`).
+VOCAB_SLICE = 8192
 
 
 def core_model(model):
@@ -257,14 +259,43 @@ def _chunk_scores(part, weight, targets, want_grad: bool):
     in the weight's dtype, or None); the float32 logits become that gradient in place and go with this call."""
     import torch
 
-    logits = torch.nn.functional.linear(part, weight).float()
+    logits = torch.nn.functional.linear(part, weight)
+    if logits.dtype != torch.float32:
+        return _low_precision_chunk_scores(logits, targets, want_grad)
     lse = torch.logsumexp(logits, dim=-1)
     log_probs = logits.gather(1, targets[:, None]).squeeze(1) - lse
     if not want_grad:
         return log_probs, None
     logits.sub_(lse[:, None]).exp_()  # softmax, in place
     logits[torch.arange(part.shape[0], device=part.device), targets] -= 1.0
-    return log_probs, logits.to(weight.dtype)
+    return log_probs, logits
+
+
+def _low_precision_chunk_scores(logits, targets, want_grad: bool):
+    """`_chunk_scores` for bf16/fp16 logits, in float32 a vocabulary slice at a time.
+
+    A float32 copy of the whole chunk next to its bf16 logits would hold 6 bytes per logit at once (54 MB
+    for 59 tokens of a 152k vocabulary, the largest short-lived allocation of a small model's step); here
+    the bf16 logits are the only chunk-sized tensor, and they become the gradient in place.
+    """
+    import torch
+
+    peak = logits.amax(dim=-1).float()  # exact: the largest logit of each row
+    total = torch.zeros_like(peak)
+    for start in range(0, logits.shape[1], VOCAB_SLICE):
+        total += (logits[:, start:start + VOCAB_SLICE].float() - peak[:, None]).exp_().sum(dim=-1)
+    lse = peak + total.log()
+    log_probs = logits.gather(1, targets[:, None]).squeeze(1).float() - lse
+    if not want_grad:
+        return log_probs, None
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    for start in range(0, logits.shape[1], VOCAB_SLICE):
+        block = logits[:, start:start + VOCAB_SLICE]
+        softmax = block.float().sub_(lse[:, None]).exp_()
+        here = (targets >= start) & (targets < start + block.shape[1])
+        softmax[rows[here], targets[here] - start] -= 1.0  # in float32, rounded once, as for float32 logits
+        block.copy_(softmax)
+    return log_probs, logits
 
 
 @functools.cache
