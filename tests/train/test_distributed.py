@@ -252,3 +252,19 @@ def test_a_bad_engine_setting_is_one_line_before_anything_starts(setting, enviro
     assert main(["train", *tiny_args(tiny_llama_dir, tmp_path / "run"), *stage, setting]) == 1
     assert capsys.readouterr().err.rstrip("\n").splitlines()[-1] == f"lmforge train: error: {expected}"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_worker_leaves_its_process_group():
+    """`lmforge train` ends a launched worker by leaving its process group, not at the interpreter's exit."""
+    import torch.distributed as dist
+
+    from lmforge.utils import distributed
+
+    distributed.shutdown()  # no group: nothing to do
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    distributed.shutdown()
+    assert not dist.is_initialized()

@@ -35,5 +35,8 @@ def main(argv: list[str]) -> int:
     if launcher.wanted(deepspeed=bool(cfg.train.deepspeed)):
         check_output_dir(cfg)
         return launcher.launch(argv)
+    from lmforge.utils import distributed
+
     run(cfg)
+    distributed.shutdown()  # a launched worker leaves its process group before the interpreter exits
     return 0

@@ -85,6 +85,20 @@ def broadcast(value):
     return holder[0]
 
 
+def shutdown() -> None:
+    """Leave the process group once the run is over (no-op when there is none).
+
+    Left to the interpreter's exit, the group's communication threads are torn down in whatever order the
+    garbage collector reaches them, which has aborted a finished ZeRO-3 worker (SIGABRT, "terminate called
+    without an active exception") after its model was saved.
+    """
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never imported: no group to leave
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def peer_is_gone(err: BaseException) -> bool:
     """Whether `err` is a collective failing because the process at its other end died (in a launched run)."""
     return _active() and isinstance(err, RuntimeError) and any(sign in str(err) for sign in _PEER_GONE)
