@@ -85,11 +85,11 @@ def measure(model_dir: Path, lengths: list[int], batch: int, repeats: int) -> li
         use(False)
         _step(model, ids)  # warm-up: the first pass at a new shape also builds its CPU kernels
         for _ in range(repeats):
-            for name in runs:
+            for name, results in runs.items():
                 use(name == "lmforge")
-                runs[name].append(_step(model, ids))
+                results.append(_step(model, ids))
         plain, light = runs["transformers"], runs["lmforge"]
-        same_grads = all(torch.equal(plain[0][3][n], light[0][3][n]) for n in plain[0][3])
+        same_grads = all(torch.equal(grad, light[0][3][name]) for name, grad in plain[0][3].items())
         row = {"tokens": batch * length, "batch": batch, "length": length,
                "kept_mib": {"transformers": plain[0][1] / 2**20, "lmforge": light[0][1] / 2**20},
                "kept_ratio": light[0][1] / plain[0][1],
