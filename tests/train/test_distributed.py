@@ -254,13 +254,14 @@ def test_a_bad_engine_setting_is_one_line_before_anything_starts(setting, enviro
     assert not (tmp_path / "run").exists()
 
 
-def test_a_finished_worker_leaves_its_process_group():
+def test_a_finished_worker_leaves_its_process_group(monkeypatch):
     """`lmforge train` ends a launched worker by leaving its process group, not at the interpreter's exit."""
     import torch.distributed as dist
 
     from lmforge.utils import distributed
 
     distributed.shutdown()  # no group: nothing to do
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun tells a worker; the group below has this rank only
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

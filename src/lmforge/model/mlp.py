@@ -1,4 +1,4 @@
-"""Gated MLPs that keep two intermediate-size tensors per token for the backward pass instead of four.
+"""Gated MLPs that keep three intermediate-size tensors per token for the backward pass instead of four.
 
 Llama-style decoders (Llama, Qwen2/2.5/3, Mistral, Qwen2-VL and most others in transformers) compute
 `down_proj(act_fn(gate_proj(x)) * up_proj(x))` with SiLU. Through autograd that keeps, per token and layer,

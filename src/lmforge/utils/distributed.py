@@ -92,10 +92,9 @@ def shutdown() -> None:
     garbage collector reaches them, which has aborted a finished ZeRO-3 worker (SIGABRT, "terminate called
     without an active exception") after its model was saved.
     """
-    import sys
+    if _active():
+        import torch.distributed as dist
 
-    dist = sys.modules.get("torch.distributed")  # never imported: no group to leave
-    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
