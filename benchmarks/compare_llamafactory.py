@@ -19,9 +19,9 @@ default. Each run is a child process; the runs alternate (lmforge, LLaMA-Factory
 `--repeats` rounds so that a change in the machine's load hits both, and the fastest run of each is kept.
 
 Reported per tool: train_runtime (the Trainer's own timing of the training loop, without model loading
-and tokenization), tokens/s (the tokens the Trainer counted, padding included: the YAML sets LLaMA-Factory's
-`include_num_input_tokens_seen: true`, which transformers reads as "all"; over train_runtime), peak RSS
-of the whole child process (`os.wait4`), the final train_loss and the wall time of the whole command.
+and tokenization), tokens/s (the tokens the Trainer counted over train_runtime, padding excluded: the YAML
+sets `include_num_input_tokens_seen: non_padding`, so the tools' different padding does not count), peak
+RSS of the whole child process (`os.wait4`), the final train_loss and the wall time of the whole command.
 The ratios are lmforge over LLaMA-Factory for speed (higher is better) and for memory (lower is better).
 
 The tiny model is built by `lmforge tiny-model` (a 4-layer Llama, hidden 128, vocabulary 4096); `0.5b`
@@ -90,7 +90,7 @@ def write_yaml(path: Path, model_dir: Path, output_dir: Path, template: str, bat
         "lr_scheduler_type": "cosine",
         "warmup_ratio": "0.1",
         "seed": "42",
-        "include_num_input_tokens_seen": "true",
+        "include_num_input_tokens_seen": "non_padding",
     }
     keys.update(extra)
     path.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()), encoding="utf-8")

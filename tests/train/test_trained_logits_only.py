@@ -233,3 +233,48 @@ def test_a_bf16_model_gets_transformers_loss_and_gradients(tiny_qwen_dir):
     for name, grad in expected_grads.items():  # bf16 backward passes: about 1% apart in either order
         distance = (grads[name].float() - grad.float()).norm() / grad.float().norm()
         assert distance < 0.03, (name, distance)
+
+
+def test_bf16_head_products_come_in_few_row_counts_and_give_the_same_scores(monkeypatch):
+    """oneDNN builds and keeps kernels for each new row count of a bf16 product on a CPU, and the number of trained
+    tokens is new at almost every step: the head's products are computed for that count rounded up to a multiple of
+    8, and above 64 to one of 8 sizes an octave (under 12.5% more rows); the extra rows change no score and no
+    gradient."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from lmforge.train import loss as loss_module
+
+    bf16, fp32 = torch.empty(0, dtype=torch.bfloat16), torch.empty(0)
+    for octave in range(3, 12):
+        counts = {loss_module._product_rows(n, bf16) for n in range(2 ** octave + 1, 2 ** (octave + 1) + 1)}
+        assert len(counts) <= 8, (octave, sorted(counts))
+    for n in range(1, 4097):
+        padded = loss_module._product_rows(n, bf16)
+        assert n <= padded < n + max(8, n / 8) and (padded == n if n <= 8 else padded % 8 == 0)
+        assert loss_module._product_rows(n, fp32) == n  # MKL's float32 products keep no kernels per shape
+
+    generator = torch.Generator().manual_seed(0)
+    weight = (torch.randn(20_000, 64, generator=generator) * 0.3).bfloat16()
+    hidden = torch.randn(37, 64, generator=generator).bfloat16().requires_grad_()
+    targets = torch.randint(0, 20_000, (37,), generator=generator)
+    product_rows = set()
+
+    class Rows(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) and args[-1].dtype == torch.bfloat16:
+                product_rows.add(args[-2].shape[0])
+            return func(*args, **(kwargs or {}))
+
+    def loss_and_grad():
+        hidden.grad = None
+        total = loss_module._head_cross_entropy().apply(hidden, weight, targets, 110, True, False)
+        total.backward()
+        return total.detach(), hidden.grad.clone()
+
+    with Rows():
+        rounded = loss_and_grad()
+    assert product_rows == {40}  # 37 rounded up, forward and backward
+    monkeypatch.setattr(loss_module, "_product_rows", lambda rows, part: rows)
+    exact = loss_and_grad()
+    assert torch.equal(rounded[0], exact[0]) and torch.equal(rounded[1], exact[1])

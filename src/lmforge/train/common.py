@@ -26,6 +26,24 @@ def compute_dtype(cfg: RunConfig):
     return torch.float32
 
 
+def pad_multiple(cfg: RunConfig) -> int:
+    """The multiple a training batch's length is padded up to: 8, or 32 for bf16/fp16 compute on a CPU.
+
+    On a CPU, oneDNN builds a kernel set for each new matrix shape and keeps it in two caches (its own and
+    PyTorch's, up to 1024 entries each): about 0.6 MiB and 1.75 ms per product, and a LoRA'd decoder has about
+    28 distinct products per sequence length. Padding to 8 makes every eighth length a new shape; 32 builds and
+    keeps a quarter as many (measured: 150 MiB less peak memory for a 4-layer model over 224 steps, 60 MiB
+    for a 0.5B one over 16, no slower). The extra positions are padding, masked as any other: the loss is the
+    same. GPU kernels have no such cost, so 8 stays there (what tensor cores want).
+    """
+    import torch
+
+    from lmforge.utils import hardware
+
+    on_cpu = cfg.train.use_cpu or hardware.cpu_only()
+    return 32 if on_cpu and compute_dtype(cfg) in (torch.bfloat16, torch.float16) else 8
+
+
 def load_trainable_model(cfg: RunConfig, tokenizer, template):
     """The model with its adapter / freeze mask attached, ready for the Trainer."""
     import torch

@@ -10,7 +10,7 @@ from lmforge.data.collator import FeedbackDataCollator, PairwiseDataCollator
 from lmforge.data.pipeline import get_dataset
 from lmforge.model.loader import check_model_path
 from lmforge.model.tokenizer import load_tokenizer_and_template
-from lmforge.train.common import build_trainer, compute_dtype, finish, load_trainable_model
+from lmforge.train.common import build_trainer, compute_dtype, finish, load_trainable_model, pad_multiple
 from lmforge.train.pref_losses import NO_REFERENCE
 from lmforge.train.preference import PreferenceTrainer
 from lmforge.utils.logging import get_logger
@@ -58,9 +58,10 @@ def run_preference(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dic
     model = load_trainable_model(cfg, tokenizer, template)
     ref_model = load_reference_model(cfg, tokenizer) if needs_reference(cfg) else None
     collator_class = FeedbackDataCollator if stage == "kto" else PairwiseDataCollator
+    collator = collator_class.from_tokenizer(tokenizer, pad_to_multiple_of=pad_multiple(cfg))
     trainer = build_trainer(
         PreferenceTrainer, cfg, resume_from, callbacks, dataset=dataset, model=model, processing_class=tokenizer,
-        data_collator=collator_class.from_tokenizer(tokenizer), stage=stage, ref_model=ref_model)
+        data_collator=collator, stage=stage, ref_model=ref_model)
     if ref_model is not None:
         ref_model.to(trainer.args.device)
     return finish(cfg, trainer, tokenizer, template, dataset, resume_from)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lmforge.data.collator import PairwiseDataCollator
 from lmforge.data.pipeline import get_dataset
 from lmforge.model.tokenizer import load_tokenizer_and_template
-from lmforge.train.common import build_trainer, finish, load_trainable_model
+from lmforge.train.common import build_trainer, finish, load_trainable_model, pad_multiple
 from lmforge.train.trainer import ForgeTrainer
 from lmforge.train.value_head import ValueHeadModel, last_token_index, load_value_head
 from lmforge.utils.logging import get_logger
@@ -114,7 +114,8 @@ def run_rm(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
         logger.info(f"Value head loaded from {source}")
     trainer = build_trainer(
         RewardTrainer, cfg, resume_from, callbacks, dataset=dataset, model=model, processing_class=tokenizer,
-        data_collator=PairwiseDataCollator.from_tokenizer(tokenizer), compute_metrics=pair_accuracy)
+        data_collator=PairwiseDataCollator.from_tokenizer(tokenizer, pad_to_multiple_of=pad_multiple(cfg)),
+        compute_metrics=pair_accuracy)
     return finish(cfg, trainer, tokenizer, template, dataset, resume_from,
                   predict=lambda: write_predictions(trainer, dataset.eval_dataset, Path(cfg.train.output_dir)))
 

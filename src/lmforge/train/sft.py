@@ -10,7 +10,7 @@ from lmforge.data.templates.mm_plugin import get_mm_plugin
 from lmforge.data.pipeline import get_dataset
 from lmforge.model.loader import ATTENTION
 from lmforge.model.tokenizer import load_mm_processor, load_tokenizer_and_template, processor_folder
-from lmforge.train.common import build_trainer, compute_dtype, finish, load_trainable_model
+from lmforge.train.common import build_trainer, compute_dtype, finish, load_trainable_model, pad_multiple
 from lmforge.train.trainer import ForgeTrainer
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def run_sft(cfg: RunConfig, resume_from: str | None, callbacks=()) -> dict:
     model = load_trainable_model(cfg, tokenizer, template)
     collator = SFTDataCollator.from_tokenizer(
         tokenizer,
-        pad_to_multiple_of=8,
+        pad_to_multiple_of=pad_multiple(cfg),
         block_diag_attn=cfg.data.neat_packing,
         attn_implementation=ATTENTION[cfg.model.flash_attn],
         compute_dtype=compute_dtype(cfg),
