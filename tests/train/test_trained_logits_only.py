@@ -272,9 +272,16 @@ def test_bf16_head_products_come_in_few_row_counts_and_give_the_same_scores(monk
         total.backward()
         return total.detach(), hidden.grad.clone()
 
+    def scores_and_grad():  # the preference stages' scores, through a head that is not trained
+        hidden.grad = None
+        scores = loss_module._head_log_probs().apply(hidden, weight, targets, 110, True)
+        (scores * torch.linspace(-1, 1, 37)).sum().backward()
+        return scores.detach(), hidden.grad.clone()
+
     with Rows():
-        rounded = loss_and_grad()
+        rounded = loss_and_grad(), scores_and_grad()
     assert product_rows == {40}  # 37 rounded up, forward and backward
     monkeypatch.setattr(loss_module, "_product_rows", lambda rows, part: rows)
-    exact = loss_and_grad()
-    assert torch.equal(rounded[0], exact[0]) and torch.equal(rounded[1], exact[1])
+    exact = loss_and_grad(), scores_and_grad()
+    for got, expected in zip(rounded, exact, strict=True):
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
