@@ -41,7 +41,7 @@ class Recorded:
     """Weak references to the tensors recipes stood in for, and how many there were."""
 
     def __init__(self, monkeypatch):
-        from lmforge.model import recipes
+        from lmforge.model import mlp, norm, recipes
 
         self.refs: list = []
         original = recipes.recipe_for
@@ -50,7 +50,8 @@ class Recorded:
             self.refs.append(weakref.ref(tensor))
             return original(tensor, make)
 
-        monkeypatch.setattr(recipes, "recipe_for", recipe_for)
+        for module in (mlp, norm):  # where the recipes are used
+            monkeypatch.setattr(module, "recipe_for", recipe_for)
 
     def alive(self) -> int:
         gc.collect()

@@ -17,8 +17,14 @@ MLP (GELU, fused gate_up projections, mixtures of experts) keeps its own forward
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 
-from lmforge.model.recipes import forward_source_is
+from lmforge.model.recipes import (
+    forward_source_is,
+    recipe_for,
+    recipes_apply,
+    replace_forwards,
+)
 
 # The body of the forward this module reproduces (transformers' Llama-style MLPs, verbatim).
 _STANDARD_BODY = ("down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))",
@@ -67,16 +73,13 @@ def _silu_mul():
 def _mlp_forward(self, x):
     import torch
 
-    from lmforge.model.recipes import recipe_for, recipes_apply
-
     gate, up = self.gate_proj(x), self.up_proj(x)
     if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
         product = _silu_mul().apply(gate, up)
-        if not recipes_apply():
-            return self.down_proj(product)
         # down_proj's adapter (or weight) keeps its input, the product, for its gradient: a recipe from the
         # gate and up that SiluMul keeps anyway, recomputed with SiluMul's own forward (the same bits).
-        with recipe_for(product, lambda: torch.nn.functional.silu(gate) * up):
+        keep = recipe_for(product, lambda: torch.nn.functional.silu(gate) * up) if recipes_apply() else nullcontext()
+        with keep:
             return self.down_proj(product)
     return self.down_proj(self.act_fn(gate) * up)
 
@@ -84,11 +87,4 @@ def _mlp_forward(self, x):
 def keep_gate_and_up_only(model) -> int:
     """Give each Llama-style SiLU MLP of `model` a forward that recomputes silu(gate) and the product in the
     backward pass; return how many were changed."""
-    from types import MethodType
-
-    changed = 0
-    for module in model.modules():
-        if is_gated_silu_mlp(module):
-            module.forward = MethodType(_mlp_forward, module)
-            changed += 1
-    return changed
+    return replace_forwards(model, is_gated_silu_mlp, _mlp_forward)

@@ -12,7 +12,14 @@ norms and other variants keep their own), and only for inputs narrower than floa
 
 from __future__ import annotations
 
-from lmforge.model.recipes import forward_source_is
+from contextlib import nullcontext
+
+from lmforge.model.recipes import (
+    forward_source_is,
+    recipe_for,
+    recipes_apply,
+    replace_forwards,
+)
 
 # The body of the forward this module reproduces (transformers' LlamaRMSNorm and its copies, verbatim).
 _STANDARD_BODY = (
@@ -33,14 +40,10 @@ def is_llama_rms_norm(module) -> bool:
 def _norm_forward(self, hidden_states):
     import torch
 
-    from lmforge.model.recipes import recipe_for, recipes_apply
-
     input_dtype = hidden_states.dtype
     widened = hidden_states.to(torch.float32)
-    if widened is hidden_states or not hidden_states.requires_grad or not recipes_apply():
-        variance = widened.pow(2).mean(-1, keepdim=True)
-        return self.weight * (widened * torch.rsqrt(variance + self.variance_epsilon)).to(input_dtype)
-    with recipe_for(widened, lambda: hidden_states.to(torch.float32)):
+    narrow = widened is not hidden_states and hidden_states.requires_grad and recipes_apply()
+    with recipe_for(widened, lambda: hidden_states.to(torch.float32)) if narrow else nullcontext():
         variance = widened.pow(2).mean(-1, keepdim=True)
         normed = widened * torch.rsqrt(variance + self.variance_epsilon)
     return self.weight * normed.to(input_dtype)
@@ -49,11 +52,4 @@ def _norm_forward(self, hidden_states):
 def keep_narrow_norm_inputs(model) -> int:
     """Give each Llama-style RMSNorm of `model` a forward that keeps its bf16/fp16 input rather than the float32
     copy for the backward pass; return how many were changed."""
-    from types import MethodType
-
-    changed = 0
-    for module in model.modules():
-        if is_llama_rms_norm(module):
-            module.forward = MethodType(_norm_forward, module)
-            changed += 1
-    return changed
+    return replace_forwards(model, is_llama_rms_norm, _norm_forward)

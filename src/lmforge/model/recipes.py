@@ -93,3 +93,15 @@ def forward_source_is(cls, signature: str, body: tuple[str, ...]) -> bool:
              if line.strip() and not line.strip().startswith(("#", "@"))]
     return (len(lines) == len(body) + 1 and lines[0].startswith(f"def forward(self, {signature}")
             and tuple(lines[1:]) == body)
+
+
+def replace_forwards(model, matches: Callable[[object], bool], forward) -> int:
+    """Bind `forward` as the forward of every module of `model` that `matches`; return how many there were."""
+    from types import MethodType
+
+    changed = 0
+    for module in model.modules():
+        if matches(module):
+            module.forward = MethodType(forward, module)
+            changed += 1
+    return changed
