@@ -107,6 +107,36 @@ def test_other_attention_keeps_transformers_own_kernel(wrapped_sdpa, case):
     assert all(torch.equal(g, e) for g, e in zip(grads, expected_grads, strict=True))
 
 
+def _sdpa_node(output):
+    """The attention kernel's backward node behind `output`."""
+    pending = [output.grad_fn]
+    while pending:
+        node = pending.pop()
+        if "ScaledDotProduct" in type(node).__name__:
+            return node
+        pending.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
+    raise AssertionError("no attention kernel in the graph")
+
+
+@pytest.mark.parametrize("length", [40, 192])
+def test_grouped_query_attention_keeps_the_key_value_heads_only(wrapped_sdpa, length):
+    """transformers repeats the 2 key/value heads to the 14 query heads whenever there is a mask, and the kernel
+    keeps the copies for its backward pass; the wrapper lets the kernel group the heads itself."""
+    import torch
+
+    wrapped, original = wrapped_sdpa
+    mask = torch.ones(2, 1, length, length, dtype=torch.bool).tril()
+    kept = {}
+    for name, function in (("wrapped", wrapped), ("original", original)):
+        leaves = [t.detach().clone().requires_grad_() for t in _qkv(length)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output, _ = function(_Attention(), *leaves, mask, scaling=0.25)
+        node = _sdpa_node(output)
+        kept[name] = [tuple(node._saved_key.shape), tuple(node._saved_value.shape)]
+    assert kept["wrapped"] == [(2, 2, length, 16)] * 2
+    assert kept["original"] == [(2, 14, length, 16)] * 2
+
+
 def test_a_bf16_training_step_sees_the_float32_attention(wrapped_sdpa, tiny_qwen_dir):
     """A whole model: the loss and the adapters' gradients of a bf16 LoRA step equal those of the same model whose
     attention is the float32 reference, and differ from the bf16 kernel's only by rounding."""

@@ -1,5 +1,6 @@
-"""Recipes instead of saved tensors: the gated MLP's product and the RMSNorms' float32 copies are not kept for the
-backward pass but made again from what is kept anyway, for the same loss and gradients bit for bit."""
+"""Recipes instead of saved tensors: the gated MLP's product, the RMSNorms' float32 copies and, within each decoder
+layer's recipe book, the norms' and the attention's outputs are not kept for the backward pass but made again from
+what is kept anyway, for the same loss and gradients bit for bit."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import weakref
 import pytest
 
 
-def _model(model_dir, precision: str, finetuning: str, lighter: bool):
+def _model(model_dir, precision: str, finetuning: str, lighter: bool, books: bool = False):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from lmforge.model.mlp import keep_gate_and_up_only
     from lmforge.model.norm import keep_narrow_norm_inputs
+    from lmforge.model.recipes import open_books_per_layer
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -25,6 +27,8 @@ def _model(model_dir, precision: str, finetuning: str, lighter: bool):
     if lighter:
         keep_gate_and_up_only(model)
         keep_narrow_norm_inputs(model)
+    if books:
+        assert open_books_per_layer(model) == model.config.num_hidden_layers
     return model
 
 
@@ -38,20 +42,23 @@ def _step(model, batch_rows: int = 2):
 
 
 class Recorded:
-    """Weak references to the tensors recipes stood in for, and how many there were."""
+    """Weak references to the tensors recipes stood in for (`recipe_for`, or `note_recipe` with `noted`), and how
+    many there were."""
 
-    def __init__(self, monkeypatch):
-        from lmforge.model import mlp, norm, recipes
+    def __init__(self, monkeypatch, noted: bool = False):
+        from lmforge.model import attention, mlp, norm, recipes
 
         self.refs: list = []
-        original = recipes.recipe_for
+        name = "note_recipe" if noted else "recipe_for"
+        original = getattr(recipes, name)
 
-        def recipe_for(tensor, make):
+        def record(tensor, make, *more):
             self.refs.append(weakref.ref(tensor))
-            return original(tensor, make)
+            return original(tensor, make, *more)
 
-        for module in (mlp, norm):  # where the recipes are used
-            monkeypatch.setattr(module, "recipe_for", recipe_for)
+        for module in (mlp, norm, attention):  # where the recipes are used
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, record)
 
     def alive(self) -> int:
         gc.collect()
@@ -154,3 +161,118 @@ def test_training_loads_with_the_lighter_norms(tiny_llama_dir, tmp_path):
     layer = model.base_model.model.model.layers[0]
     assert layer.input_layernorm.forward.__name__ == "_norm_forward"
     assert model.base_model.model.model.norm.forward.__name__ == "_norm_forward"
+
+
+@pytest.fixture()
+def cpu_bf16_attention(monkeypatch):
+    """transformers' "sdpa" attention as bf16 training on a CPU has it (`lmforge.model.attention`)."""
+    from transformers import AttentionInterface
+
+    from lmforge.model.attention import use_float32_sdpa_for_short_cpu_bf16
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", AttentionInterface._global_mapping["sdpa"])
+    use_float32_sdpa_for_short_cpu_bf16()
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen_dir"])
+@pytest.mark.parametrize("precision, finetuning", [("bf16", "lora"), ("bf16", "full"), ("float32", "lora")])
+def test_layer_books_keep_no_norm_or_attention_output(model_fixture, precision, finetuning, request, monkeypatch,
+                                                      cpu_bf16_attention):
+    """Within each decoder layer's book, what the projections keep of the norms' outputs and of the attention's
+    output is a recipe: none of those tensors outlives the forward pass, and the step is the same bit for bit."""
+    import torch
+
+    model_dir = request.getfixturevalue(model_fixture)
+    plain_loss, plain_grads = _step(_model(model_dir, precision, finetuning, lighter=True))
+    recorded = Recorded(monkeypatch, noted=True)
+    model = _model(model_dir, precision, finetuning, lighter=True, books=True)
+    ids = torch.arange(10, 42).reshape(2, 16)
+    loss = model(input_ids=ids, labels=ids).loss
+    layers = model.config.num_hidden_layers
+    # bf16: the two norms of each layer whose input is differentiated (all but the first layer's first under
+    # LoRA), each layer's attention (the tiny models group 4 query heads over 2 key/value heads), and the final
+    # norm, which is outside the layers: no book takes its recipe.
+    noted = (3 * layers if finetuning == "full" else 3 * layers - 1) + 1 if precision == "bf16" else 0
+    assert len(recorded.refs) == noted
+    gc.collect()
+    assert all(ref() is None for ref in recorded.refs[:-1])  # the layers' (the final norm's is last)
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert torch.equal(loss.detach(), plain_loss)
+    assert grads.keys() == plain_grads.keys()
+    assert all(torch.equal(grads[name], plain_grads[name]) for name in grads)
+
+
+def test_a_book_is_freed_with_its_graph_without_the_garbage_collector(tiny_qwen_dir, monkeypatch,
+                                                                      cpu_bf16_attention):
+    """The hooks a book leaves with autograd refer to its recipes, not to the book: no reference cycle keeps a
+    layer's recipes (and the tensors they were made from) alive after the step."""
+    from lmforge.model import recipes
+
+    books, makes = [], []
+    original = recipes._Book.add
+
+    def add(self, tensor, make):
+        books.append(weakref.ref(self))
+        makes.append(weakref.ref(make))
+        return original(self, tensor, make)
+
+    monkeypatch.setattr(recipes._Book, "add", add)
+    model = _model(tiny_qwen_dir, "bf16", "lora", lighter=True, books=True)
+    gc.collect()
+    gc.disable()
+    try:
+        _step(model)
+        books_alive = sum(ref() is not None for ref in books)
+        makes_alive = sum(ref() is not None for ref in makes)
+    finally:
+        gc.enable()
+    # Per layer: the q/k/v copies, the attention output, the norms' copies and outputs, the MLP's product.
+    assert len(makes) >= 8 * model.config.num_hidden_layers
+    assert books_alive == makes_alive == 0  # freed by reference counting alone
+
+
+def _saves(y):
+    """What the matrix product's backward finds for its saved input (a recipe's value, or the tensor kept)."""
+    return y.grad_fn._saved_self
+
+
+def test_a_noted_recipe_matches_only_the_living_tensor_it_was_noted_for():
+    """A recipe is found by the memory of its tensor: once that tensor is gone, another one over the same memory
+    (here a new view of the same storage) is kept as itself, not replaced by the old recipe."""
+    import torch
+
+    from lmforge.model.recipes import note_recipe, recipe_book
+
+    base = torch.randn(4, 8)
+    weight = torch.randn(8, 3, requires_grad=True)
+    marker = torch.full((4, 8), 7.0)
+    with recipe_book():
+        noted = base.view(4, 8)
+        note_recipe(noted, lambda: marker)
+        assert torch.equal(_saves(noted @ weight), marker)  # while it lives, the recipe stands in for it
+        del noted
+        again = base.view(4, 8)
+        assert torch.equal(_saves(again @ weight), base)
+    with recipe_book():
+        transposed = base.t()
+        note_recipe(transposed, lambda: marker.t())
+        assert torch.equal(_saves(transposed @ torch.randn(4, 2, requires_grad=True)), marker.t())
+        # A copy elsewhere, or the same memory seen with other strides, is not the noted tensor.
+        assert torch.equal(_saves(base.t().contiguous() @ torch.randn(4, 2, requires_grad=True)), base.t())
+        assert torch.equal(_saves(base.view(8, 4) @ torch.randn(4, 2, requires_grad=True)), base.view(8, 4))
+    note_recipe(base, lambda: marker)  # no book open: nothing happens
+    assert torch.equal(_saves(base @ weight), base)
+
+
+def test_training_opens_a_book_per_layer(tiny_llama_dir, tmp_path):
+    from lmforge.commands.common import load_config
+    from lmforge.model.tokenizer import load_tokenizer_and_template
+    from lmforge.train.common import load_trainable_model
+    from tests.train.conftest import tiny_args
+
+    cfg = load_config("train", tiny_args(tiny_llama_dir, tmp_path / "out"))
+    tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
+    model = load_trainable_model(cfg, tokenizer, template)
+    layers = model.base_model.model.model.layers
+    assert [layer.forward.__name__ for layer in layers] == ["_layer_forward"] * len(layers)
