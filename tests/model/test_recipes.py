@@ -1,6 +1,6 @@
-"""Recipes instead of saved tensors: the gated MLP's product, the RMSNorms' float32 copies and, within each decoder
-layer's recipe book, the norms' and the attention's outputs are not kept for the backward pass but made again from
-what is kept anyway, for the same loss and gradients bit for bit."""
+"""Recipes instead of saved tensors: the gated MLP's product, the RMSNorms' float32 copies and, in the LoRA adapters
+that keep them, the norms' and the attention's outputs are not kept for the backward pass but made again from what
+is kept anyway, for the same loss and gradients bit for bit."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import weakref
 import pytest
 
 
-def _model(model_dir, precision: str, finetuning: str, lighter: bool, books: bool = False):
+def _model(model_dir, precision: str, finetuning: str, lighter: bool):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from lmforge.model.mlp import keep_gate_and_up_only
     from lmforge.model.norm import keep_narrow_norm_inputs
-    from lmforge.model.recipes import open_books_per_layer
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -27,8 +26,6 @@ def _model(model_dir, precision: str, finetuning: str, lighter: bool, books: boo
     if lighter:
         keep_gate_and_up_only(model)
         keep_narrow_norm_inputs(model)
-    if books:
-        assert open_books_per_layer(model) == model.config.num_hidden_layers
     return model
 
 
@@ -163,39 +160,71 @@ def test_training_loads_with_the_lighter_norms(tiny_llama_dir, tmp_path):
     assert model.base_model.model.model.norm.forward.__name__ == "_norm_forward"
 
 
+
+
 @pytest.fixture()
 def cpu_bf16_attention(monkeypatch):
-    """transformers' "sdpa" attention as bf16 training on a CPU has it (`lmforge.model.attention`)."""
+    """transformers' "sdpa" attention as bf16 training on a CPU has it (`lmforge.model.attention`), and recipes for
+    tensors of any size (the tiny models' activations are all under `RECIPE_MIN_VALUES`)."""
     from transformers import AttentionInterface
 
+    from lmforge.model import recipes
     from lmforge.model.attention import use_float32_sdpa_for_short_cpu_bf16
 
     monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", AttentionInterface._global_mapping["sdpa"])
     use_float32_sdpa_for_short_cpu_bf16()
+    monkeypatch.setattr(recipes, "RECIPE_MIN_VALUES", 1)
+
+
+def _lora_as_trained(model_dir, precision: str):
+    """A LoRA model with the forwards training gives it: lighter MLPs and norms, and lmforge's LoRA layers."""
+    from lmforge.model.adapters import cast_inputs_outside_autocast_only, scale_lora_weights_not_outputs
+
+    model = _model(model_dir, precision, "lora", lighter=True)
+    cast_inputs_outside_autocast_only(model)
+    scale_lora_weights_not_outputs(model)
+    return model
+
+
+def _autocast_step(model):
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=next(model.parameters()).dtype == torch.bfloat16):
+        loss = _forward(model)
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _forward(model):
+    import torch
+
+    ids = torch.arange(10, 42).reshape(2, 16)
+    return model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_qwen_dir"])
-@pytest.mark.parametrize("precision, finetuning", [("bf16", "lora"), ("bf16", "full"), ("float32", "lora")])
-def test_layer_books_keep_no_norm_or_attention_output(model_fixture, precision, finetuning, request, monkeypatch,
-                                                      cpu_bf16_attention):
-    """Within each decoder layer's book, what the projections keep of the norms' outputs and of the attention's
-    output is a recipe: none of those tensors outlives the forward pass, and the step is the same bit for bit."""
+@pytest.mark.parametrize("precision", ["bf16", "float32"])
+def test_lora_keeps_recipes_for_the_norm_and_attention_outputs(model_fixture, precision, request, monkeypatch,
+                                                              cpu_bf16_attention):
+    """The LoRA adapters after a norm (q, k, v; gate, up) and after attention (o) keep a recipe for their input:
+    none of those tensors outlives the forward pass, and the step is the same bit for bit."""
     import torch
 
+    from lmforge.model import adapters
+
     model_dir = request.getfixturevalue(model_fixture)
-    plain_loss, plain_grads = _step(_model(model_dir, precision, finetuning, lighter=True))
+    with monkeypatch.context() as patched:
+        patched.setattr(adapters, "noted_recipe", lambda tensor: None)  # every adapter keeps its input
+        plain_loss, plain_grads = _autocast_step(_lora_as_trained(model_dir, precision))
     recorded = Recorded(monkeypatch, noted=True)
-    model = _model(model_dir, precision, finetuning, lighter=True, books=True)
-    ids = torch.arange(10, 42).reshape(2, 16)
-    loss = model(input_ids=ids, labels=ids).loss
+    model = _lora_as_trained(model_dir, precision)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = _forward(model)
     layers = model.config.num_hidden_layers
-    # bf16: the two norms of each layer whose input is differentiated (all but the first layer's first under
-    # LoRA), each layer's attention (the tiny models group 4 query heads over 2 key/value heads), and the final
-    # norm, which is outside the layers: no book takes its recipe.
-    noted = (3 * layers if finetuning == "full" else 3 * layers - 1) + 1 if precision == "bf16" else 0
-    assert len(recorded.refs) == noted
-    gc.collect()
-    assert all(ref() is None for ref in recorded.refs[:-1])  # the layers' (the final norm's is last)
+    # bf16: the norms whose input is differentiated (all but the first layer's first, under LoRA; and the final
+    # norm), and each layer's attention (the tiny models group 4 query heads over 2 key/value heads).
+    assert len(recorded.refs) == (2 * layers - 1 + 1 + layers if precision == "bf16" else 0)
+    assert recorded.alive() == 0
     loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     assert torch.equal(loss.detach(), plain_loss)
@@ -203,33 +232,39 @@ def test_layer_books_keep_no_norm_or_attention_output(model_fixture, precision, 
     assert all(torch.equal(grads[name], plain_grads[name]) for name in grads)
 
 
-def test_a_book_is_freed_with_its_graph_without_the_garbage_collector(tiny_qwen_dir, monkeypatch,
-                                                                      cpu_bf16_attention):
-    """The hooks a book leaves with autograd refer to its recipes, not to the book: no reference cycle keeps a
-    layer's recipes (and the tensors they were made from) alive after the step."""
+def test_notes_and_recipes_go_with_their_step_without_the_garbage_collector(tiny_qwen_dir, monkeypatch,
+                                                                            cpu_bf16_attention):
+    """A note goes with its tensor, and a recipe with the backward pass that used it, by reference counting
+    alone: no cycle keeps the tensors recipes are made from alive after the step; each recipe ran once."""
     from lmforge.model import recipes
 
-    books, makes = [], []
-    original = recipes._Book.add
+    made, calls = [], []
+    original = recipes._once
 
-    def add(self, tensor, make):
-        books.append(weakref.ref(self))
-        makes.append(weakref.ref(make))
-        return original(self, tensor, make)
+    def once(make):
+        def counted():
+            calls.append(1)
+            return make()
 
-    monkeypatch.setattr(recipes._Book, "add", add)
-    model = _model(tiny_qwen_dir, "bf16", "lora", lighter=True, books=True)
+        made.append(weakref.ref(counted))
+        return original(counted)
+
+    monkeypatch.setattr(recipes, "_once", once)
+    model = _lora_as_trained(tiny_qwen_dir, "bf16")
     gc.collect()
     gc.disable()
     try:
-        _step(model)
-        books_alive = sum(ref() is not None for ref in books)
-        makes_alive = sum(ref() is not None for ref in makes)
+        _autocast_step(model)
+        alive = sum(ref() is not None for ref in made)
+        notes = len(recipes._noted())
     finally:
         gc.enable()
-    # Per layer: the q/k/v copies, the attention output, the norms' copies and outputs, the MLP's product.
-    assert len(makes) >= 8 * model.config.num_hidden_layers
-    assert books_alive == makes_alive == 0  # freed by reference counting alone
+    layers = model.config.num_hidden_layers
+    assert len(made) == 3 * layers  # the notes of the norms and attention of the layers, and the final norm's
+    assert alive == notes == 0
+    # Each noted tensor kept by its adapters was made again once, however many adapters kept it (q, k and v;
+    # gate and up); the final norm's output is kept by no adapter.
+    assert len(calls) == 3 * layers - 1
 
 
 def _saves(y):
@@ -237,42 +272,46 @@ def _saves(y):
     return y.grad_fn._saved_self
 
 
-def test_a_noted_recipe_matches_only_the_living_tensor_it_was_noted_for():
+def test_a_noted_recipe_is_found_only_for_the_living_tensor_it_was_noted_for(monkeypatch):
     """A recipe is found by the memory of its tensor: once that tensor is gone, another one over the same memory
-    (here a new view of the same storage) is kept as itself, not replaced by the old recipe."""
+    (here a new view of the same storage) is not given the old recipe, nor is a copy or another layout."""
     import torch
 
-    from lmforge.model.recipes import note_recipe, recipe_book
+    from lmforge.model import recipes
+    from lmforge.model.recipes import note_recipe, noted_recipe, recipe_for
+
+    monkeypatch.setattr(recipes, "RECIPE_MIN_VALUES", 32)
 
     base = torch.randn(4, 8)
-    weight = torch.randn(8, 3, requires_grad=True)
     marker = torch.full((4, 8), 7.0)
-    with recipe_book():
-        noted = base.view(4, 8)
-        note_recipe(noted, lambda: marker)
-        assert torch.equal(_saves(noted @ weight), marker)  # while it lives, the recipe stands in for it
-        del noted
-        again = base.view(4, 8)
-        assert torch.equal(_saves(again @ weight), base)
-    with recipe_book():
-        transposed = base.t()
-        note_recipe(transposed, lambda: marker.t())
-        assert torch.equal(_saves(transposed @ torch.randn(4, 2, requires_grad=True)), marker.t())
-        # A copy elsewhere, or the same memory seen with other strides, is not the noted tensor.
-        assert torch.equal(_saves(base.t().contiguous() @ torch.randn(4, 2, requires_grad=True)), base.t())
-        assert torch.equal(_saves(base.view(8, 4) @ torch.randn(4, 2, requires_grad=True)), base.view(8, 4))
-    note_recipe(base, lambda: marker)  # no book open: nothing happens
-    assert torch.equal(_saves(base @ weight), base)
+    noted = base.view(4, 8)
+    note_recipe(noted, lambda: marker)
+    assert noted_recipe(base.view(32)) is not None  # all of it, contiguous: linear layers save such views
+    weight = torch.randn(8, 3, requires_grad=True)
+    with recipe_for(noted, noted_recipe(noted)):
+        assert torch.equal(_saves(noted @ weight), marker)  # inside the block, the recipe stands in for it
+    assert torch.equal(_saves(noted @ weight), base)  # outside, the tensor is kept
+    del noted
+    assert noted_recipe(base.view(4, 8)) is None
+    transposed = base.t()
+    note_recipe(transposed, lambda: marker.t())
+    assert noted_recipe(transposed) is not None
+    assert noted_recipe(base.t().contiguous()) is None
+    assert noted_recipe(base) is None  # the same memory, seen with other strides
+    assert noted_recipe(base.t()[:, :2]) is None  # a part of it
 
 
-def test_training_opens_a_book_per_layer(tiny_llama_dir, tmp_path):
-    from lmforge.commands.common import load_config
-    from lmforge.model.tokenizer import load_tokenizer_and_template
-    from lmforge.train.common import load_trainable_model
-    from tests.train.conftest import tiny_args
+def test_small_tensors_get_no_noted_recipe():
+    """Under `RECIPE_MIN_VALUES` values a recipe costs more time than its memory is worth: none is noted."""
+    import torch
 
-    cfg = load_config("train", tiny_args(tiny_llama_dir, tmp_path / "out"))
-    tokenizer, template = load_tokenizer_and_template(cfg.model, cfg.data)
-    model = load_trainable_model(cfg, tokenizer, template)
-    layers = model.base_model.model.model.layers
-    assert [layer.forward.__name__ for layer in layers] == ["_layer_forward"] * len(layers)
+    from lmforge.model.recipes import RECIPE_MIN_VALUES, note_recipe, noted_recipe
+
+    small, large = torch.randn(RECIPE_MIN_VALUES - 1), torch.randn(RECIPE_MIN_VALUES)
+    for tensor in (small, large):
+        note_recipe(tensor, lambda: tensor)
+    assert noted_recipe(small) is None and noted_recipe(large) is not None
+    with torch.no_grad():  # no gradients, no recipes
+        other = torch.randn(RECIPE_MIN_VALUES)
+        note_recipe(other, lambda: other)
+        assert noted_recipe(other) is None

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.errors import UserError
+from lmforge.model.recipes import noted_recipe, recipe_for, recipes_apply
 from lmforge.utils.logging import get_logger
 
 if TYPE_CHECKING:
@@ -340,8 +342,17 @@ def _lora_forward_scaling_the_weight(self, x, *args, **kwargs):
     for name in active:
         lora_a = self.lora_A[name]
         x = self._cast_input_dtype(x, lora_a.weight.dtype)
-        result = result + F.linear(lora_a(self.lora_dropout[name](x)), self.lora_B[name].weight * self.scaling[name])
+        result = result + F.linear(_down_projection(lora_a, self.lora_dropout[name], x),
+                                   self.lora_B[name].weight * self.scaling[name])
     return result.to(result_dtype)
+
+
+def _down_projection(lora_a, dropout, x):
+    """lora_A of the (dropped-out) input. lora_A keeps its input for its weight's gradient; where that input has
+    a noted recipe (a norm's output, attention's: `lmforge.model.recipes`), it keeps the recipe instead."""
+    recipe = noted_recipe(x)
+    with recipe_for(x, recipe) if recipe is not None and recipes_apply() else nullcontext():
+        return lora_a(dropout(x))
 
 
 def scale_lora_weights_not_outputs(model) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from lmforge.model.recipes import note_recipe, recipe_for, recipes_apply
+from lmforge.model.recipes import note_recipe, recipe_for, worth_a_recipe
 
 # Keys below this length use the float32 kernel (measured crossover, see the module docstring).
 FP32_BELOW_KEYS = 192
@@ -83,7 +83,7 @@ def _cpu_bf16_training(sdpa):
             if bias is not None and bias.is_floating_point():
                 kwargs["position_bias"] = bias.float()
             inputs = query.float(), key.float(), value.float()
-            if recipes_apply():
+            if worth_a_recipe(query):
                 # The kernel keeps its float32 inputs for the backward pass: recipes from the bf16 ones instead,
                 # half the size (`lmforge.model.recipes`; widening gives the same bits again).
                 keep = recipe_for(inputs[0], lambda: query.float(), (inputs[1], lambda: key.float()),

@@ -85,14 +85,12 @@ def load_trainable_model(cfg: RunConfig, tokenizer, template):
     if trainable:
         from lmforge.model.mlp import keep_gate_and_up_only
         from lmforge.model.norm import keep_narrow_norm_inputs
-        from lmforge.model.recipes import open_books_per_layer
 
         # Less activation memory for the same values: two intermediate-size tensors per token and layer fewer,
-        # the norms' bf16 inputs kept instead of their float32 copies, and within each decoder layer recipes for
-        # what the projections keep of the norms' and the attention's outputs.
+        # and the norms' bf16 inputs kept instead of their float32 copies (their outputs, and attention's, as
+        # recipes in the LoRA adapters that keep them: `lmforge.model.adapters`).
         keep_gate_and_up_only(model)
         keep_narrow_norm_inputs(model)
-        open_books_per_layer(model)
     from lmforge.train import compile as regional
 
     if trainable and regional.wanted(cfg.train):
