@@ -178,7 +178,10 @@ def cpu_bf16_attention(monkeypatch):
 
 def _lora_as_trained(model_dir, precision: str):
     """A LoRA model with the forwards training gives it: lighter MLPs and norms, and lmforge's LoRA layers."""
-    from lmforge.model.adapters import cast_inputs_outside_autocast_only, scale_lora_weights_not_outputs
+    from lmforge.model.adapters import (
+        cast_inputs_outside_autocast_only,
+        scale_lora_weights_not_outputs,
+    )
 
     model = _model(model_dir, precision, "lora", lighter=True)
     cast_inputs_outside_autocast_only(model)
@@ -309,7 +312,7 @@ def test_small_tensors_get_no_noted_recipe():
 
     small, large = torch.randn(RECIPE_MIN_VALUES - 1), torch.randn(RECIPE_MIN_VALUES)
     for tensor in (small, large):
-        note_recipe(tensor, lambda: tensor)
+        note_recipe(tensor, lambda tensor=tensor: tensor)
     assert noted_recipe(small) is None and noted_recipe(large) is not None
     with torch.no_grad():  # no gradients, no recipes
         other = torch.randn(RECIPE_MIN_VALUES)

@@ -9,13 +9,13 @@ samples of about 100 tokens that is about 5% of the step. The float32 kernel com
 higher precision; the output is rounded back to bf16, so the model sees the dtype it expects.
 
 The kernel keeps its inputs and output for the backward pass. Of the float32 inputs it keeps recipes (the bf16
-tensors, widened again when asked: `lmforge.model.recipes`), and the output projection's copy of the output is a
-recipe within the decoder layer's book. Where query heads share key/value heads (Qwen2.5-0.5B: 14 over 2),
+tensors, widened again when asked: `lmforge.model.recipes`), and the output projection's adapter keeps a recipe
+for its copy of the output (`note_recipe`). Where query heads share key/value heads (Qwen2.5-0.5B: 14 over 2),
 transformers repeats the key/value heads whenever there is a padding mask, and the kernel keeps those copies;
-here the kernel groups the heads itself (`enable_gqa`), which is also faster (0.5B shapes, forward and backward:
-1.8 -> 1.4 ms at 96 keys in float32, 13.4 -> 10.5 ms at 256 keys in bf16). Per layer and token of the 0.5B
-model that is 10 KB kept less (6.5 KB of float32 key/value copies, 1.8 KB of float32 queries, 1.8 KB of
-attention output), 0.24 MB per token over its 24 layers.
+here the kernel groups the heads itself (`enable_gqa`), which is also faster (0.5B shapes at batch 2, forward
+and backward: 2.1 -> 1.7 ms at 96 keys in float32, 13.4 -> 10.5 ms at 256 keys in bf16). Per layer and token of
+the 0.5B model that is 10 KB kept less (6.5 KB of float32 key/value copies, 1.8 KB of float32 queries, 1.8 KB
+of attention output), 0.24 MB per token over its 24 layers.
 
 Only attention that will be differentiated takes that path: inference and no-grad forward passes (evaluation,
 generation, a frozen reference model) keep transformers' own, which is faster without a backward pass.
@@ -95,8 +95,8 @@ def _cpu_bf16_training(sdpa):
                 return output.to(query.dtype), weights
             heads_first = _grouped_attention(module, *inputs, attention_mask, **kwargs)
         output = heads_first.transpose(1, 2).contiguous().to(query.dtype)
-        # The output projection keeps its input: within the decoder layer's recipe book, the same copy again
-        # from the kernel's output, which the kernel keeps for its own backward pass.
+        # The output projection's adapter keeps its input: a recipe for it, the same copy again from the
+        # kernel's output, which the kernel keeps for its own backward pass.
         note_recipe(output, lambda: heads_first.transpose(1, 2).contiguous().to(query.dtype))
         return output, None
 

@@ -5,8 +5,8 @@ normalising it, and autograd keeps that float32 copy (for the square's and the p
 per value where the input itself has two. The copy is an exact function of the input, so the norm keeps a
 recipe instead (`lmforge.model.recipes`): the input, widened again in the backward pass. The values and
 gradients are the same bit for bit; a 0.5B model keeps 49 norms x 896 x 2 bytes, 88 KB per token, less.
-Within a decoder layer's recipe book, the norm's output, which the projections after it keep, is a recipe too:
-the same operations again from the input and the scale (kept for the norm's own backward pass), another 88 KB.
+The norm also notes a recipe for its output, which the LoRA adapters of the projections after it keep: the same
+operations again from the input and the scale (kept for the norm's own backward pass), another 88 KB.
 
 Only modules whose forward is exactly transformers' Llama RMSNorm are changed (Gemma's `1 + weight`, layer
 norms and other variants keep their own), and only for inputs narrower than float32.
@@ -52,8 +52,8 @@ def _norm_forward(self, hidden_states):
         normed = widened * scale
     output = self.weight * normed.to(input_dtype)
     if narrow:
-        # The projections after the norm keep its output: within a decoder layer's recipe book, the same
-        # operations again from the input and the scale, which the norm keeps anyway.
+        # The adapters of the projections after the norm keep its output: a recipe for it, the same operations
+        # again from the input and the scale, which the norm keeps anyway.
         note_recipe(output, lambda: self.weight * (hidden_states.to(torch.float32) * scale).to(input_dtype))
     return output
 
