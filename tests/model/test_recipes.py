@@ -308,7 +308,12 @@ def test_small_tensors_get_no_noted_recipe():
     """Under `RECIPE_MIN_VALUES` values a recipe costs more time than its memory is worth: none is noted."""
     import torch
 
-    from lmforge.model.recipes import RECIPE_MIN_VALUES, note_recipe, noted_recipe
+    from lmforge.model.recipes import (
+        RECIPE_MIN_VALUES,
+        note_recipe,
+        noted_recipe,
+        worth_a_recipe,
+    )
 
     small, large = torch.randn(RECIPE_MIN_VALUES - 1), torch.randn(RECIPE_MIN_VALUES)
     for tensor in (small, large):
@@ -318,3 +323,5 @@ def test_small_tensors_get_no_noted_recipe():
         other = torch.randn(RECIPE_MIN_VALUES)
         note_recipe(other, lambda: other)
         assert noted_recipe(other) is None
+    on_meta = torch.empty(RECIPE_MIN_VALUES, device="meta")  # another device than the CPU: not measured there
+    assert not worth_a_recipe(on_meta) and worth_a_recipe(large)
