@@ -105,10 +105,11 @@ def _cpu_bf16_training(sdpa):
 
 
 def use_float32_sdpa_for_short_cpu_bf16() -> None:
-    """Route transformers' "sdpa" attention through `_float32_for_short_cpu_bf16` in this process (idempotent).
+    """Route transformers' "sdpa" attention through `_cpu_bf16_training` in this process (idempotent).
 
-    The choice is made per call from the tensors (CPU, bf16, under 192 keys, gradients wanted), so models that do
-    not train in bf16 on a CPU are unaffected.
+    The choice is made per call from the tensors (CPU, bf16, gradients wanted; float32 under 192 keys; the
+    kernel's own grouping for plain grouped-query calls), so models that do not train in bf16 on a CPU are
+    unaffected.
     """
     from transformers import AttentionInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
