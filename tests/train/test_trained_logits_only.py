@@ -219,6 +219,75 @@ def test_bf16_chunks_are_widened_a_vocabulary_slice_at_a_time(monkeypatch):
     assert _largest_float32_output(lambda: _float32_copy_scores(part, weight, targets)) == chunk
 
 
+def _widest_output(compute) -> int:
+    """The longest dimension of any tensor (or view) an operation made while `compute` ran."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    largest = [0]
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for item in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(item, torch.Tensor) and item.dim():
+                    largest[0] = max(largest[0], *item.shape)
+            return out
+
+    with Watch():
+        compute()
+    return largest[0]
+
+
+def test_an_untrained_bf16_head_is_streamed_a_vocabulary_slice_at_a_time(monkeypatch):
+    """A bf16 head that is not trained (LoRA, freeze, the preference stages' scores) never makes a tensor as wide
+    as the vocabulary: the softmax is normalised slice by slice, rescaled when a later slice holds a larger logit,
+    for the same log-probabilities and a gradient as close to the exact one as the whole-chunk path's."""
+    import torch
+
+    from lmforge.train import loss as loss_module
+
+    generator = torch.Generator().manual_seed(0)
+    rows, vocab, hidden = 7, 20_000, 32
+    monkeypatch.setattr(loss_module, "STREAM_SLICE_ELEMENTS", rows * 4096)  # five slices, the last one ragged
+    weight = torch.randn(vocab, hidden, generator=generator) * 0.3
+    weight[16_384:] *= 3  # most rows' largest logits come in the last slice: what came before is rescaled
+    part = torch.randn(rows, hidden, generator=generator)
+    weight[100], weight[5000] = part[0], part[1]  # but row 0 peaks in the first slice, row 1 in the second
+    weight, part = weight.bfloat16(), part.bfloat16()
+    targets = torch.tensor([0, 4095, 4096, 9000, 16_383, 16_384, 19_999])  # slice edges, first and last ids
+    logits = torch.nn.functional.linear(part, weight).float()
+    assert logits.argmax(-1)[:2].tolist() == [100, 5000] and torch.all(logits.argmax(-1)[2:] >= 16_384)
+
+    log_probs, grad = loss_module._streamed_chunk_scores(part, weight, targets, True)
+    expected_log_probs, expected_grad_logits = _float32_copy_scores(part, weight, targets)
+    torch.testing.assert_close(log_probs, expected_log_probs, rtol=0, atol=1e-5)
+    exact_logits = part.double() @ weight.double().T
+    exact = (torch.softmax(exact_logits, -1) - torch.nn.functional.one_hot(targets, vocab)) @ weight.double()
+    assert grad.dtype == torch.bfloat16 and grad.shape == (rows, hidden)
+    for bf16_grad in grad, expected_grad_logits @ weight:  # this path and the whole chunk's: bf16 logits' rounding
+        assert (bf16_grad.double() - exact).norm() / exact.norm() < 1e-2
+    only_scores, none = loss_module._streamed_chunk_scores(part, weight, targets, False)
+    assert none is None and torch.equal(only_scores, log_probs)
+    # The same steps in float32 give the exact gradient: the bf16 distance above is the softmax's rounding.
+    _, grad32 = loss_module._streamed_chunk_scores(part.float(), weight.float(), targets, True)
+    torch.testing.assert_close(grad32.double(), exact, rtol=0, atol=2e-6 * exact.abs().max().item())
+
+    assert _widest_output(lambda: loss_module._streamed_chunk_scores(part, weight, targets, True)) == 4096
+    assert _widest_output(lambda: loss_module._chunk_scores(part, weight, targets, True)) == vocab
+
+    # Through the losses: cross-entropy (sft, pt) and the scores of the preference stages.
+    hidden_states = part.clone().requires_grad_()
+    total = loss_module._head_cross_entropy().apply(hidden_states, weight, targets, 3, True, False)
+    total.backward()
+    torch.testing.assert_close(total, -expected_log_probs.sum(), rtol=1e-6, atol=1e-5)
+    assert torch.equal(hidden_states.grad, grad)
+    hidden_states.grad = None
+    scores = loss_module._head_log_probs().apply(hidden_states, weight, targets, 3, True)
+    (scores * 2).sum().backward()
+    assert torch.equal(scores, log_probs) and torch.equal(hidden_states.grad, -2 * grad)
+
+
 def test_a_bf16_model_gets_transformers_loss_and_gradients(tiny_qwen_dir):
     import torch
 
