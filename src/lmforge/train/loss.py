@@ -360,12 +360,13 @@ def _streamed_chunk_scores(part, weight, targets, want_grad: bool):
     total = torch.zeros_like(peak)
     target_logits = torch.zeros(rows, dtype=torch.float32, device=part.device)
     mixed = torch.zeros(product_rows, part.shape[1], dtype=torch.float32, device=part.device) if want_grad else None
-    every_row = torch.arange(rows, device=part.device)
     for start in range(0, vocab, columns):
         block = weight[start:start + columns]
         logits = torch.nn.functional.linear(part, block).float()
+        # A gather and a select rather than a boolean mask: no host-device synchronisation per slice on a GPU.
         here = (targets >= start) & (targets < start + block.shape[0])
-        target_logits[here] = logits[every_row[here], targets[here] - start]
+        picked = logits[:rows].gather(1, (targets - start).clamp(0, block.shape[0] - 1)[:, None]).squeeze(1)
+        target_logits = torch.where(here, picked, target_logits)
         new_peak = torch.maximum(peak, logits.amax(dim=-1))
         rescale = (peak - new_peak).exp_()  # 0 at the first slice (the peak was -inf)
         peak = new_peak
