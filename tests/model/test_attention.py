@@ -13,7 +13,8 @@ def wrapped_sdpa(monkeypatch):
 
     from lmforge.model.attention import use_float32_sdpa_for_short_cpu_bf16
 
-    original = AttentionInterface._global_mapping["sdpa"]
+    current = AttentionInterface._global_mapping["sdpa"]
+    original = getattr(current, "lmforge_wrapped", current)  # a training run in this process may have wrapped it
     monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", original)
     use_float32_sdpa_for_short_cpu_bf16()
     use_float32_sdpa_for_short_cpu_bf16()  # a second call does not wrap the wrapper
@@ -186,7 +187,8 @@ def test_bf16_training_on_a_cpu_installs_it(monkeypatch, tiny_qwen_dir, tmp_path
 
     from lmforge.utils import hardware
 
-    original = AttentionInterface._global_mapping["sdpa"]
+    current = AttentionInterface._global_mapping["sdpa"]
+    original = getattr(current, "lmforge_wrapped", current)  # a training run in this process may have wrapped it
     monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", original)
     monkeypatch.setattr(hardware, "cpu_only", lambda: True)  # the same answer on a machine with a GPU
 
