@@ -183,9 +183,8 @@ def test_bf16_training_on_a_cpu_installs_it(monkeypatch, tiny_qwen_dir, tmp_path
     from lmforge.commands.common import load_config
     from lmforge.model.tokenizer import load_tokenizer_and_template
     from lmforge.train.common import load_trainable_model
-    from tests.train.conftest import tiny_args
-
     from lmforge.utils import hardware
+    from tests.train.conftest import tiny_args
 
     current = AttentionInterface._global_mapping["sdpa"]
     original = getattr(current, "lmforge_wrapped", current)  # a training run in this process may have wrapped it
