@@ -170,24 +170,33 @@ def _float32_copy_scores(part, weight, targets):
     return log_probs, logits.to(weight.dtype)
 
 
-def _largest_float32_output(compute) -> int:
-    """The most elements of any float32 tensor an operation made while `compute` ran."""
+def _outputs_made(compute) -> list:
+    """The (dtype, shape) of every tensor (or view) an operation made while `compute` ran."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    largest = [0]
+    made = []
 
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for item in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(item, torch.Tensor) and item.dtype == torch.float32:
-                    largest[0] = max(largest[0], item.numel())
+                if isinstance(item, torch.Tensor):
+                    made.append((item.dtype, tuple(item.shape)))
             return out
 
     with Watch():
         compute()
-    return largest[0]
+    return made
+
+
+def _largest_float32_output(compute) -> int:
+    """The most elements of any float32 tensor an operation made while `compute` ran."""
+    import math
+
+    import torch
+
+    return max((math.prod(shape) for dtype, shape in _outputs_made(compute) if dtype == torch.float32), default=0)
 
 
 def test_bf16_chunks_are_widened_a_vocabulary_slice_at_a_time(monkeypatch):
@@ -221,22 +230,7 @@ def test_bf16_chunks_are_widened_a_vocabulary_slice_at_a_time(monkeypatch):
 
 def _widest_output(compute) -> int:
     """The longest dimension of any tensor (or view) an operation made while `compute` ran."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    largest = [0]
-
-    class Watch(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for item in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(item, torch.Tensor) and item.dim():
-                    largest[0] = max(largest[0], *item.shape)
-            return out
-
-    with Watch():
-        compute()
-    return largest[0]
+    return max((max(shape) for _, shape in _outputs_made(compute) if shape), default=0)
 
 
 def test_an_untrained_bf16_head_is_streamed_a_vocabulary_slice_at_a_time(monkeypatch):

@@ -327,7 +327,7 @@ def _low_precision_chunk_scores(logits, targets, want_grad: bool):
     return log_probs, logits
 
 
-def _streams(hidden, weight, need_weight: bool) -> bool:
+def _streams(hidden, need_weight: bool) -> bool:
     """Whether a head's chunks go through `_streamed_chunk_scores`: bf16/fp16, and no gradient for the weight
     (which needs the whole softmax of each row at once)."""
     import torch
@@ -400,7 +400,7 @@ def _head_cross_entropy():
             grad_hidden = torch.empty_like(hidden) if need_hidden else None
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
             total = hidden.new_zeros((), dtype=torch.float32)
-            streamed = _streams(hidden, weight, need_weight)
+            streamed = _streams(hidden, need_weight)
             rows = STREAM_ROWS if streamed else rows
             for start in range(0, hidden.shape[0], rows):
                 part, part_targets = hidden[start:start + rows], targets[start:start + rows]
@@ -450,7 +450,7 @@ def _head_log_probs():
         def forward(ctx, hidden, weight, targets, rows, need_hidden):
             out = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
             slopes = torch.empty_like(hidden) if need_hidden else None
-            streamed = _streams(hidden, weight, False)
+            streamed = _streams(hidden, False)
             rows = STREAM_ROWS if streamed else rows
             for start in range(0, hidden.shape[0], rows):
                 part, part_targets = hidden[start:start + rows], targets[start:start + rows]
