@@ -269,3 +269,32 @@ def test_a_finished_worker_leaves_its_process_group(monkeypatch):
     assert dist.is_initialized()
     distributed.shutdown()
     assert not dist.is_initialized()
+
+
+def _failure(tmp: Path, rank: int, exitcode: int, seconds_ago: int | None = None):
+    """torchrun's record of a failed rank; with `seconds_ago`, the rank wrote an error file that long ago."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    error_file = tmp / f"error-{len(list(tmp.iterdir()))}.json"  # a file of its own (or none) for each record
+    if seconds_ago is not None:
+        stamp = str(int(time.time()) - seconds_ago)
+        error_file.write_text(json.dumps({"message": {"message": "RuntimeError: peer closed",
+                                                      "extraInfo": {"timestamp": stamp}}}))
+    return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(error_file))
+
+
+def test_the_rank_named_as_the_cause_is_the_killed_one_not_the_peer_that_lost_it(tmp_path):
+    from lmforge.train.launcher import first_failure
+
+    # Rank 1 was SIGKILLed; rank 0 then failed on the broken collective and wrote its error file first.
+    failures = {0: _failure(tmp_path, 0, 1, seconds_ago=1), 1: _failure(tmp_path, 1, -9)}
+    assert first_failure(failures)[0] == 1
+    # Ranks that torchrun stopped with SIGTERM are never the cause while another rank failed.
+    failures = {0: _failure(tmp_path, 0, -15, seconds_ago=5), 1: _failure(tmp_path, 1, 2), 2: _failure(tmp_path, 2, -15)}
+    assert first_failure(failures)[0] == 1
+    # Two ranks with an error of their own: the earlier one, whatever its rank.
+    failures = {0: _failure(tmp_path, 0, 1), 3: _failure(tmp_path, 3, 1, seconds_ago=3)}
+    assert first_failure(failures)[0] == 3
+    # Only SIGTERMs (the launcher itself was stopped): the lowest rank.
+    failures = {2: _failure(tmp_path, 2, -15), 1: _failure(tmp_path, 1, -15)}
+    assert first_failure(failures)[0] == 1

@@ -74,6 +74,21 @@ def torchrun_args(argv: list[str]) -> list[str]:
     return [*args, "-m", "lmforge", "train", *argv]
 
 
+def first_failure(failures: dict) -> tuple:
+    """(rank, ProcessFailure) of the rank that caused a run's end, from torchrun's failures by global rank.
+
+    A rank killed by a signal (out of memory, a user's kill) comes first: its peers then fail with an exit
+    code of their own when the collective loses it, and torchrun's timestamps have a one-second grain, so
+    time alone can name a peer. Ranks that torchrun itself stopped with SIGTERM come last; ties go to the
+    earliest failure, then to the lowest rank.
+    """
+    def order(item):
+        code = item[1].exitcode
+        return (2 if code == -15 else 0 if code < 0 else 1), item[1].timestamp, item[0]
+
+    return min(failures.items(), key=order)
+
+
 def launch(argv: list[str]) -> int:
     """Run `lmforge train ARGV` under torchrun; return the exit code (UserError when a rank failed)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -85,9 +100,7 @@ def launch(argv: list[str]) -> int:
     try:
         run(parse_args(args))
     except ChildFailedError as err:
-        # The first rank to fail; the ones torchrun then stopped with SIGTERM are not the cause.
-        rank, failure = min(err.failures.items(),
-                            key=lambda item: (item[1].exitcode == -15, item[1].timestamp, item[0]))
+        rank, failure = first_failure(err.failures)
         code = failure.exitcode
         if code < 0:
             how = f"was killed by signal {-code} ({failure.signal_name()})"
