@@ -23,14 +23,20 @@ TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split
 echo "torch==${TORCH_VERSION}" > .venv/constraints.txt
 $PIP install -q -c .venv/constraints.txt -e ".[api,webui,metrics,gguf,vision,dev]"
 
-# The web page tests drive Debian's Chromium through Playwright (no browser download).
-if ! command -v chromium >/dev/null 2>&1; then
+# The web page tests drive Debian's Chromium through Playwright (no browser download); CPU training runs
+# under jemalloc where it is installed (docs/performance.md: less memory and time than glibc's malloc).
+MISSING=()
+command -v chromium >/dev/null 2>&1 || MISSING+=(chromium)
+[ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 ] \
+  || MISSING+=(libjemalloc2)
+if [ ${#MISSING[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" >/dev/null
   elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" >/dev/null
   else
-    echo "warning: install Chromium (apt-get install chromium) for the browser tests" >&2
+    echo "warning: install ${MISSING[*]} (apt-get install ${MISSING[*]}): Chromium for the browser tests," \
+      "jemalloc for CPU training's memory allocator" >&2
   fi
 fi
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from lmforge.commands.common import load_config
+from lmforge.config.environment import env_choice
+from lmforge.utils import allocator
 
 if TYPE_CHECKING:
     from lmforge.config import RunConfig
@@ -25,6 +28,9 @@ def run(cfg: RunConfig) -> dict:
 
 def main(argv: list[str]) -> int:
     cfg = load_config("train", argv)  # checked once, before any process starts
+    if env_choice(os.environ, allocator.ENV, allocator.CHOICES) == "jemalloc":
+        # Here, before torch is imported: the process starts again under jemalloc (lmforge.utils.allocator).
+        allocator.restart_with_jemalloc(["train", *argv], on_cpu=cfg.train.use_cpu or not allocator.gpu_device_present())
     from lmforge.train import engines, launcher, ray_cluster
     from lmforge.train.outputs import check_output_dir
 

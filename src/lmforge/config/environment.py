@@ -22,6 +22,16 @@ def env_int(env: Mapping[str, str], name: str, default: int, low: int, high: int
     return value
 
 
+def env_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """`env[name]`, lower-cased, one of `choices` (the first when unset or empty); UserError naming the choices."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return choices[0]
+    if raw.lower() not in choices:
+        raise UserError(f"{name}={raw!r} is not one of {', '.join(choices)}; unset it for {choices[0]}.")
+    return raw.lower()
+
+
 def is_loopback(host: str) -> bool:
     """Whether only this machine can reach `host` (localhost, *.localhost, 127.0.0.0/8, ::1)."""
     name = host.strip().strip("[]").lower()

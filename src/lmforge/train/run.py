@@ -26,6 +26,7 @@ def run(cfg: RunConfig, callbacks=()) -> dict:
     engines.check(cfg)
     optimizers.check(cfg)  # a missing optimizer package, before any data or model is loaded
     choose_precision(cfg)
+    say_allocator(cfg)
     distributed.init(cfg.train.ddp_timeout)
     resume_from = _prepare_output_dir(cfg, prepare_output_dir, distributed)
     from transformers import set_seed
@@ -101,6 +102,25 @@ def choose_precision(cfg: RunConfig) -> None:
         return
     cfg.train.bf16 = False
     get_logger(__name__).info("bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); training in float32 instead.")
+
+
+def say_allocator(cfg: RunConfig) -> None:
+    """Name the memory allocator of a CPU run in one line (`lmforge.utils.allocator`), once per machine."""
+    from lmforge.utils import allocator, hardware
+    from lmforge.utils.logging import get_logger
+
+    if os.environ.get("LOCAL_RANK", "0") != "0" or not (cfg.train.use_cpu or hardware.cpu_only()):
+        return
+    kind = allocator.active()
+    if kind != "system":
+        get_logger(__name__).info(f"Memory allocator: {kind} (LMFORGE_ALLOCATOR=system for the system's).")
+    elif os.environ.get(allocator.ENV, "").strip().lower() == "system":
+        get_logger(__name__).info("Memory allocator: the system's (LMFORGE_ALLOCATOR=system).")
+    elif allocator.find_jemalloc() is None:
+        get_logger(__name__).info("Memory allocator: the system's; with jemalloc installed (Debian/Ubuntu: apt-get "
+                                  "install libjemalloc2) a CPU run takes less memory and time.")
+    else:
+        get_logger(__name__).info("Memory allocator: the system's (this process was not started by `lmforge train`).")
 
 
 def _prepare_output_dir(cfg: RunConfig, prepare, distributed) -> str | None:
