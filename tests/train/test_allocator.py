@@ -72,11 +72,14 @@ def test_only_the_command_itself_on_a_cpu_with_no_allocator_preloaded_starts_aga
     monkeypatch.setattr(os, "execve", lambda *args: replaced.append(args))
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     argv = ["train", "x.yaml"]
-    allocator.restart_with_jemalloc(argv, on_cpu=True)  # pytest's own command line
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/pytest", "tests"])
+    allocator.restart_with_jemalloc(argv, on_cpu=True)  # a program calling lmforge's main in its own process
     monkeypatch.setattr(sys, "argv", ["/venv/bin/lmforge", "webui"])
     allocator.restart_with_jemalloc(argv, on_cpu=True)  # LLaMA Board training in its own process
     monkeypatch.setattr(sys, "argv", ["/venv/bin/lmforge", *argv])
     allocator.restart_with_jemalloc(argv, on_cpu=False)  # a run that may use a GPU
+    # datasets' multi-process map replaces os.environ with a copy: the check reads the one in place now.
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     monkeypatch.setenv("LD_PRELOAD", "/opt/lib/libtcmalloc.so.4")
     allocator.restart_with_jemalloc(argv, on_cpu=True)  # the user's own allocator
     assert replaced == []

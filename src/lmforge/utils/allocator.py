@@ -44,8 +44,9 @@ def find_jemalloc() -> str | None:
     return None
 
 
-def preloaded(environ=os.environ) -> str | None:
-    """The allocator named in `LD_PRELOAD` (jemalloc, tcmalloc or mimalloc), or None."""
+def preloaded(environ=None) -> str | None:
+    """The allocator named in `LD_PRELOAD` (jemalloc, tcmalloc or mimalloc) of `environ` (this process's), or None."""
+    environ = os.environ if environ is None else environ  # looked up now: os.environ may have been replaced
     for entry in environ.get("LD_PRELOAD", "").replace(":", " ").split():
         name = os.path.basename(entry)
         for kind in _PRELOADED_KINDS:
