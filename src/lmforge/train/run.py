@@ -106,6 +106,7 @@ def choose_precision(cfg: RunConfig) -> None:
 
 def say_allocator(cfg: RunConfig) -> None:
     """Name the memory allocator of a CPU run in one line (`lmforge.utils.allocator`), once per machine."""
+    from lmforge.config.environment import env_choice
     from lmforge.utils import allocator, hardware
     from lmforge.utils.logging import get_logger
 
@@ -113,14 +114,15 @@ def say_allocator(cfg: RunConfig) -> None:
         return
     kind = allocator.active()
     if kind != "system":
-        get_logger(__name__).info(f"Memory allocator: {kind} (LMFORGE_ALLOCATOR=system for the system's).")
-    elif os.environ.get(allocator.ENV, "").strip().lower() == "system":
-        get_logger(__name__).info("Memory allocator: the system's (LMFORGE_ALLOCATOR=system).")
+        line = f"{kind} (LMFORGE_ALLOCATOR=system for the system's)."
+    elif env_choice(os.environ, allocator.ENV, allocator.CHOICES) == "system":
+        line = "the system's (LMFORGE_ALLOCATOR=system)."
     elif allocator.find_jemalloc() is None:
-        get_logger(__name__).info("Memory allocator: the system's; with jemalloc installed (Debian/Ubuntu: apt-get "
-                                  "install libjemalloc2) a CPU run takes less memory and time.")
-    else:
-        get_logger(__name__).info("Memory allocator: the system's (this process was not started by `lmforge train`).")
+        line = ("the system's; with jemalloc installed (Debian/Ubuntu: apt-get install libjemalloc2) a CPU run "
+                "takes less memory and time.")
+    else:  # a GPU device node on the machine, or training called in another program's process
+        line = "the system's (jemalloc is for `lmforge train` itself, on a machine without a GPU)."
+    get_logger(__name__).info(f"Memory allocator: {line}")
 
 
 def _prepare_output_dir(cfg: RunConfig, prepare, distributed) -> str | None:
